@@ -1,0 +1,6 @@
+"""``python -m tlkit``."""
+
+from tlkit.cli import main
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,295 @@
+"""The ``tlkit`` command: ``finetune``, ``recipes`` and Lightning CLI subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tlkit.errors import TlkitError
+
+__all__ = ["main"]
+
+LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
+
+USAGE = """usage: tlkit COMMAND [options]
+
+commands:
+  finetune   fine-tune with a recipe, test, write a run directory (start here)
+  recipes    list the recipes, or `tlkit recipes show NAME`
+  fit, validate, test, predict
+             Lightning CLI subcommands (e.g. `tlkit fit --config recipes/small-similar.yaml`)
+
+example:
+  tlkit finetune --recipe small-similar
+  tlkit finetune --recipe small-similar --data path/to/images --epochs 5
+
+options for every command: --debug (show tracebacks)
+"""
+
+
+def _lightning_cli(args: Sequence[str], run: bool = True):
+    from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
+    from lightning.pytorch.cli import LightningCLI
+
+    from tlkit.data import TransferDataModule
+    from tlkit.module import TransferModule
+
+    class TlkitCLI(LightningCLI):
+        def add_arguments_to_parser(self, parser) -> None:
+            parser.link_arguments("model.backbone", "data.backbone")
+            parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
+            parser.link_arguments("data.class_names", "model.class_names", apply_on="instantiate")
+            parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+            parser.set_defaults(
+                {
+                    "checkpoint.monitor": "val_acc",
+                    "checkpoint.mode": "max",
+                    "checkpoint.filename": "best",
+                    "checkpoint.save_last": True,
+                    "checkpoint.enable_version_counter": False,
+                }
+            )
+            parser.add_lightning_class_args(RichProgressBar, "progress_bar")
+
+    return TlkitCLI(
+        TransferModule,
+        TransferDataModule,
+        args=list(args),
+        run=run,
+        save_config_kwargs={"overwrite": True},
+    )
+
+
+def _finetune_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tlkit finetune",
+        description="Fine-tune a pretrained backbone with a recipe, test it and write a run "
+        "directory (checkpoints, config.yaml, metrics.json, logs). Any other "
+        "--trainer.*, --model.*, --data.* option is passed to the Lightning CLI.",
+        epilog="example: tlkit finetune --recipe small-similar --data path/to/images --epochs 5",
+    )
+    parser.add_argument("--recipe", default="small-similar", help="recipe name or YAML path")
+    parser.add_argument("--data", help="demo | fashion-mnist | image folder | IDX folder | CSV")
+    parser.add_argument("--backbone", help="timm model name (default: the recipe's)")
+    parser.add_argument("--weights", help="backbone weight file (.pth, .safetensors, .ckpt)")
+    parser.add_argument(
+        "--trust-weights", action="store_true", help="allow pickled code in --weights"
+    )
+    parser.add_argument("--epochs", type=int, help="training epochs")
+    parser.add_argument("--shots", type=int, help="training images per class")
+    parser.add_argument("--image-size", type=int, help="input size (default: the backbone's)")
+    parser.add_argument("--batch-size", type=int, help="batch size")
+    parser.add_argument("--lr", type=float, help="learning rate of the head")
+    parser.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
+    parser.add_argument("--out", help="run directory (default runs/RECIPE-TIMESTAMP)")
+    parser.add_argument("--strict", action="store_true", help="stop on undecodable images")
+    return parser
+
+
+def _positive(name: str, value: float | None) -> None:
+    if value is not None and value <= 0:
+        raise TlkitError(f"{name} must be positive, got {value}")
+
+
+def _writable_dir(path: Path) -> Path:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".tlkit-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise TlkitError(
+            f"cannot write to output directory {path} ({err.strerror}); pass --out DIR"
+        ) from err
+    return path
+
+
+def finetune(argv: Sequence[str]) -> int:
+    """``tlkit finetune``: fit, test, write the run directory, print the results."""
+    opts, extra = _finetune_parser().parse_known_args(argv)
+    for name in ("epochs", "shots", "image_size", "batch_size", "lr"):
+        _positive("--" + name.replace("_", "-"), getattr(opts, name))
+    for item in extra:
+        if item.startswith("-") and not item.startswith(("--trainer.", "--model.", "--data.")):
+            raise TlkitError(f"unknown option {item}; see `tlkit finetune --help`")
+
+    from tlkit.recipes import recipe_path
+
+    recipe = recipe_path(opts.recipe)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    run_dir = _writable_dir(Path(opts.out or Path("runs") / f"{recipe.stem}-{stamp}"))
+    args = ["--config", str(recipe), "--seed_everything", str(opts.seed)]
+    overrides = {
+        "--data.data": opts.data,
+        "--model.backbone": opts.backbone,
+        "--model.weights": opts.weights,
+        "--trainer.max_epochs": opts.epochs,
+        "--data.shots": opts.shots,
+        "--data.image_size": opts.image_size,
+        "--data.batch_size": opts.batch_size,
+        "--model.lr": opts.lr,
+    }
+    for key, value in overrides.items():
+        if value is not None:
+            args += [key, str(value)]
+    if opts.trust_weights:
+        args += ["--model.trust_weights", "true"]
+    if opts.strict:
+        args += ["--data.strict", "true"]
+    args += [
+        "--trainer.default_root_dir", str(run_dir),
+        "--trainer.logger", "lightning.pytorch.loggers.CSVLogger",
+        "--trainer.logger.save_dir", str(run_dir),
+        "--trainer.logger.name", "logs",
+        "--trainer.logger.version", "",
+        "--checkpoint.dirpath", str(run_dir / "checkpoints"),
+        *extra,
+    ]  # fmt: skip
+    cli = _lightning_cli(args, run=False)
+    (run_dir / "config.yaml").write_text(cli.parser.dump(cli.config, skip_none=False))
+    trainer, model, datamodule = cli.trainer, cli.model, cli.datamodule
+    _print_plan(model, datamodule, recipe.stem, run_dir)
+
+    start = time.perf_counter()
+    trainer.fit(model, datamodule=datamodule)
+    fit_seconds = time.perf_counter() - start
+    checkpoint = trainer.checkpoint_callback
+    best = checkpoint.best_model_path if checkpoint is not None else ""
+    tested = trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+    metrics = _metrics_record(trainer, model, datamodule, tested, recipe.stem, fit_seconds, best)
+    if trainer.is_global_zero:
+        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        _print_results(metrics, run_dir)
+    return 0
+
+
+def _metrics_record(
+    trainer, model, datamodule, tested, recipe, fit_seconds, best
+) -> dict[str, Any]:
+    record: dict[str, Any] = {k: float(v) for k, v in (tested[0] if tested else {}).items()}
+    checkpoint = trainer.checkpoint_callback
+    score = checkpoint.best_model_score if checkpoint is not None else None
+    val = trainer.callback_metrics.get("val_acc")
+    record["val_acc"] = (
+        float(score) if score is not None else (float(val) if val is not None else None)
+    )
+    record.update(
+        epochs=int(trainer.current_epoch),
+        fit_seconds=round(fit_seconds, 3),
+        recipe=recipe,
+        backbone=model.hparams.backbone,
+        weights=model.weights_source,
+        strategy=model.strategy.describe(),
+        best_checkpoint=str(best) if best else None,
+        **datamodule.describe(),
+    )
+    return record
+
+
+def _print_plan(model, datamodule, recipe: str, run_dir: Path) -> None:
+    from rich.console import Console
+
+    if int(os.environ.get("LOCAL_RANK", "0")) != 0:
+        return
+    info = datamodule.describe()
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    Console(stderr=True).print(
+        f"[bold]tlkit[/] recipe [cyan]{recipe}[/], backbone [cyan]{model.hparams.backbone}[/] "
+        f"({model.weights_source}), strategy [cyan]{model.strategy.name}[/]\n"
+        f"data {info['data']}: {info['num_classes']} classes, {info['num_train']} train / "
+        f"{info['num_val']} val / {info['num_test']} test, {info['image_size']} px\n"
+        f"trainable parameters at epoch 0: {trainable:,} of {total:,}; run directory {run_dir}"
+    )
+
+
+def _print_results(metrics: dict[str, Any], run_dir: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="tlkit results")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key in (
+        "test_acc",
+        "test_top5",
+        "test_f1",
+        "test_loss",
+        "val_acc",
+        "epochs",
+        "fit_seconds",
+    ):
+        value = metrics.get(key)
+        if value is not None:
+            table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+    console = Console()
+    console.print(table)
+    console.print(f"run directory: {run_dir}")
+
+
+def recipes_command(argv: Sequence[str]) -> int:
+    """``tlkit recipes [list | show NAME]``."""
+    from tlkit.recipes import list_recipes, recipe_path, recipe_summary
+
+    if argv and argv[0] in ("-h", "--help"):
+        print(
+            "usage: tlkit recipes [list | show NAME]\n\nexample: tlkit recipes show small-similar"
+        )
+        return 0
+    if len(argv) >= 2 and argv[0] == "show":
+        print(recipe_path(argv[1]).read_text(), end="")
+        return 0
+    if argv and argv[0] != "list":
+        raise TlkitError(
+            f"unknown recipes command {argv[0]!r}; use `tlkit recipes [list | show NAME]`"
+        )
+    for name in list_recipes():
+        print(f"{name:22s} {recipe_summary(name)}")
+    return 0
+
+
+def _dispatch(argv: list[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE, end="")
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command == "finetune":
+        return finetune(rest)
+    if command == "recipes":
+        return recipes_command(rest)
+    if command in LIGHTNING_SUBCOMMANDS:
+        _lightning_cli(argv)
+        return 0
+    if command in ("-V", "--version"):
+        from tlkit import __version__
+
+        print(__version__)
+        return 0
+    raise TlkitError(f"unknown command {command!r}; run `tlkit --help` for the list")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``tlkit`` console script.
+
+    User errors print one line ``tlkit: error: ...`` and exit with code 2; ``--debug`` shows the
+    traceback instead.
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    args = [a for a in args if a != "--debug"]
+    try:
+        return _dispatch(args)
+    except TlkitError as err:
+        if debug:
+            raise
+        print(f"tlkit: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("tlkit: interrupted", file=sys.stderr)
+        return 130

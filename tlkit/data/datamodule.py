@@ -1,0 +1,206 @@
+"""TransferDataModule: a data source, splits, shots, transforms and the feature cache."""
+
+from __future__ import annotations
+
+import os
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_warn
+from torch.utils.data import DataLoader, Dataset
+
+from tlkit.data.datasets import ImageDataset
+from tlkit.data.features import FeatureExtractor, cached_features, default_cache_dir
+from tlkit.data.images import probe_image
+from tlkit.data.sources import DataSource, Split, load_source, sample_shots, split_stratified
+from tlkit.data.transforms import (
+    AUGMENT_PRESETS,
+    PipelineSpec,
+    build_pipeline,
+    data_config_for,
+    eval_transform,
+    train_transform,
+)
+from tlkit.errors import TlkitError, unknown_name
+
+__all__ = ["TransferDataModule"]
+
+_KEEP_DECODED_LIMIT = 20_000
+
+
+class TransferDataModule(L.LightningDataModule):
+    """Images from a folder, CSV, IDX files or the bundled demo, ready for a timm backbone.
+
+    Args:
+        data: ``demo`` (bundled Fashion-MNIST few-shot subset), ``fashion-mnist`` (the Debian
+            package), an image folder (``root/train/<class>/...`` with optional ``val/`` and
+            ``test/``, or ``root/<class>/...``), a folder of IDX files, or a ``path,label`` CSV.
+        backbone: timm model name whose data config sets size, interpolation, mean and std.
+        image_size: Overrides the backbone's input size (square).
+        batch_size: Training batch size.
+        num_workers: DataLoader workers; ``None`` picks 0 for small datasets, else up to 4.
+        shots: Draw this many training images per class (seeded); ``None`` keeps all.
+        val_fraction: Held out from train (stratified) when the source has no validation split.
+        test_fraction: Held out from train (stratified) when the source has no test split.
+        seed: Seed of the splits and the shot sampling.
+        augment: Training augmentation preset: ``none``, ``light``, ``medium``, ``heavy``.
+        strict: Stop on an undecodable image instead of skipping it.
+        cache_features: Let a model with a frozen backbone train on cached features (only when
+            the training transform is deterministic, i.e. ``augment: none``).
+        cache_dir: Feature cache directory (default ``$TLKIT_CACHE_DIR`` or ``~/.cache/tlkit``).
+    """
+
+    def __init__(
+        self,
+        data: str = "demo",
+        backbone: str = "tf_efficientnet_lite0",
+        image_size: int | None = None,
+        batch_size: int = 32,
+        num_workers: int | None = None,
+        shots: int | None = None,
+        val_fraction: float = 0.2,
+        test_fraction: float = 0.2,
+        seed: int = 42,
+        augment: str = "light",
+        strict: bool = False,
+        cache_features: bool = True,
+        cache_dir: str | None = None,
+    ) -> None:
+        super().__init__()
+        if augment not in AUGMENT_PRESETS:
+            raise unknown_name("augmentation preset", augment, AUGMENT_PRESETS)
+        if batch_size <= 0:
+            raise TlkitError(f"batch size must be positive, got {batch_size}; pass e.g. 32")
+        if shots is not None and shots <= 0:
+            raise TlkitError(f"--shots must be positive, got {shots}")
+        for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+            if not 0.0 < value < 1.0:
+                raise TlkitError(f"{name} must be between 0 and 1, got {value}")
+        self.save_hyperparameters()
+        self.spec = PipelineSpec(data_config_for(backbone), image_size)
+        self.extractor: FeatureExtractor | None = None
+        self.datasets: dict[str, Dataset] = {}
+
+    @cached_property
+    def source(self) -> DataSource:
+        """The loaded source with train/val/test splits and shots applied."""
+        hp = self.hparams
+        src = load_source(hp.data)
+        train, val, test = src.train, src.val, src.test
+        if test is None:
+            train, test = split_stratified(train, hp.test_fraction, hp.seed)
+        if val is None:
+            train, val = split_stratified(train, hp.val_fraction, hp.seed + 1)
+        if hp.shots is not None:
+            train = sample_shots(train, hp.shots, hp.seed)
+        return DataSource(classes=src.classes, train=train, val=val, test=test, name=src.name)
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes in the source."""
+        return len(self.source.classes)
+
+    @property
+    def class_names(self) -> list[str]:
+        """Class names, index order."""
+        return list(self.source.classes)
+
+    def describe(self) -> dict[str, Any]:
+        """Sizes of the splits, for reports and metrics."""
+        src = self.source
+        return {
+            "data": src.name,
+            "num_classes": len(src.classes),
+            "num_train": len(src.train),
+            "num_val": len(src.val),
+            "num_test": len(src.test),
+            "image_size": self.spec.size,
+        }
+
+    def setup(self, stage: str) -> None:
+        """Build the datasets; skip (or, with ``strict``, refuse) undecodable images."""
+        src = self.source
+        splits = {"train": src.train, "val": src.val, "test": src.test}
+        keep = len(src.train) + len(src.val) + len(src.test) <= _KEEP_DECODED_LIMIT
+        model = self.trainer.lightning_module if self.trainer is not None else None
+        want_cache = self.hparams.cache_features and self.hparams.augment == "none"
+        get_extractor = getattr(model, "frozen_feature_extractor", None)
+        self.extractor = get_extractor() if (want_cache and callable(get_extractor)) else None
+        for name, split in splits.items():
+            if name in self.datasets:
+                continue
+            split = self._drop_undecodable(name, split)
+            if name == "train":
+                transform = train_transform(self.spec, self.hparams.augment)
+            else:
+                transform = eval_transform(self.spec)
+            self.datasets[name] = ImageDataset(split, build_pipeline(transform), keep_decoded=keep)
+
+    def _drop_undecodable(self, name: str, split: Split) -> Split:
+        bad = [
+            (i, reason)
+            for i, item in enumerate(split.items)
+            if isinstance(item, (str, os.PathLike)) and (reason := probe_image(item)) is not None
+        ]
+        if not bad:
+            return split
+        shown = "; ".join(f"{split.items[i]} ({reason})" for i, reason in bad[:3])
+        if self.hparams.strict:
+            raise TlkitError(
+                f"{len(bad)} undecodable image(s) in {name}, e.g. {shown}; "
+                "remove them or drop --strict to skip them"
+            )
+        rank_zero_warn(f"skipping {len(bad)} undecodable image(s) in {name}, e.g. {shown}")
+        bad_set = {i for i, _ in bad}
+        return split.subset([i for i in range(len(split)) if i not in bad_set])
+
+    @property
+    def num_workers(self) -> int:
+        """Workers per DataLoader."""
+        if self.hparams.num_workers is not None:
+            return max(0, int(self.hparams.num_workers))
+        if len(self.source.train) < 2_000:
+            return 0
+        return max(0, min(4, (os.cpu_count() or 1) - 1))
+
+    def _dataset(self, name: str) -> Dataset:
+        dataset = self.datasets[name]
+        if self.extractor is None:
+            return dataset
+        cache_dir = self.hparams.cache_dir
+        content = DataSource(classes=self.source.classes, train=dataset.split).fingerprint()
+        identity = {"data": content, "split": name, "transform": self.spec.describe()}
+        model = self.trainer.lightning_module
+        return cached_features(
+            self.extractor,
+            dataset,
+            identity,
+            Path(cache_dir) if cache_dir else default_cache_dir(),
+            batch_size=max(64, self.hparams.batch_size),
+            num_workers=self.num_workers,
+            device=model.device if model is not None else torch.device("cpu"),
+            description=f"{name} features",
+        )
+
+    def _loader(self, name: str, shuffle: bool) -> DataLoader:
+        workers = self.num_workers
+        return DataLoader(
+            self._dataset(name),
+            batch_size=self.hparams.batch_size,
+            shuffle=shuffle,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            drop_last=False,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)

@@ -1,0 +1,106 @@
+"""Feature cache: run a frozen backbone over a dataset once, keep the features on disk."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.progress import Progress
+from safetensors.torch import load_file, save_file
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from tlkit.utils import atomic_path, rank_zero_print
+
+__all__ = ["FeatureExtractor", "cached_features", "default_cache_dir", "tensor_digest"]
+
+
+def default_cache_dir() -> Path:
+    """``$TLKIT_CACHE_DIR`` or ``~/.cache/tlkit``, with ``features/`` below it."""
+    root = os.environ.get("TLKIT_CACHE_DIR") or Path.home() / ".cache" / "tlkit"
+    return Path(root) / "features"
+
+
+def tensor_digest(module: torch.nn.Module) -> str:
+    """A content hash of a module's parameters and buffers (identifies its weights)."""
+    digest = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()[:16]
+
+
+class FeatureExtractor:
+    """A frozen ``images -> features`` function plus a key naming what it computes.
+
+    Args:
+        fn: Maps a batch of images to a batch of feature vectors; must not depend on training
+            state (a frozen backbone in eval mode).
+        key: Identifies the backbone, its weights and the feature stage.
+    """
+
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], key: str) -> None:
+        self.fn = fn
+        self.key = key
+
+    @torch.inference_mode()
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return self.fn(images).float()
+
+
+def cached_features(
+    extractor: FeatureExtractor,
+    dataset: Dataset,
+    identity: dict[str, Any],
+    cache_dir: Path | None,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    device: torch.device | str = "cpu",
+    description: str = "features",
+) -> TensorDataset:
+    """Features of every item of ``dataset``, from the disk cache or computed once.
+
+    Args:
+        extractor: The frozen feature function.
+        dataset: Yields ``(image tensor, label)``; its transform must be deterministic.
+        identity: Plain data naming the data and transform (hashed into the cache key together
+            with ``extractor.key``).
+        cache_dir: Where the cache lives; ``None`` keeps the features in memory only.
+        batch_size: Inference batch size.
+        num_workers: DataLoader workers for decoding.
+        device: Where the extractor runs.
+        description: Label of the progress bar.
+
+    Returns:
+        A dataset of ``(feature vector, label)``.
+    """
+    blob = json.dumps({"extractor": extractor.key, **identity}, sort_keys=True, default=str)
+    key = hashlib.sha256(blob.encode()).hexdigest()[:24]
+    path = None if cache_dir is None else Path(cache_dir) / f"{key}.safetensors"
+    if path is not None and path.is_file():
+        try:
+            tensors = load_file(str(path))
+            rank_zero_print(
+                f"reusing cached {description} ({len(tensors['labels'])} items): {path}"
+            )
+            return TensorDataset(tensors["features"], tensors["labels"])
+        except Exception:
+            path.unlink(missing_ok=True)
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, shuffle=False)
+    features, labels = [], []
+    with Progress(transient=True) as progress:
+        task = progress.add_task(f"caching {description}", total=len(dataset))
+        for images, targets in loader:
+            features.append(extractor(images.to(device)).cpu())
+            labels.append(targets)
+            progress.advance(task, len(targets))
+    feats, labs = torch.cat(features).contiguous(), torch.cat(labels).long()
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            save_file({"features": feats, "labels": labs}, str(tmp), metadata={"key": blob})
+    return TensorDataset(feats, labs)

@@ -1,0 +1,317 @@
+"""TransferModule: a timm backbone, a new head, a fine-tune strategy, metrics and optimizers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+
+from tlkit.backbones import DEFAULT_BACKBONE, create_backbone, weights_source
+from tlkit.data.features import FeatureExtractor, tensor_digest
+from tlkit.errors import TlkitError
+from tlkit.optim import build_optimizer
+from tlkit.schedules import make_schedule
+from tlkit.strategies import Strategy, create_strategy, layer_groups
+
+__all__ = ["Head", "TransferModule"]
+
+
+class Head(nn.Sequential):
+    """Dropout -> Linear, or Linear -> GELU -> Dropout -> Linear with a hidden layer."""
+
+    def __init__(self, in_features: int, num_classes: int, hidden: int = 0, dropout: float = 0.0):
+        if hidden > 0:
+            layers = [
+                nn.Dropout(dropout),
+                nn.Linear(in_features, hidden),
+                nn.GELU(),
+                nn.Dropout(dropout),
+                nn.Linear(hidden, num_classes),
+            ]
+        else:
+            layers = [nn.Dropout(dropout), nn.Linear(in_features, num_classes)]
+        super().__init__(*layers)
+
+
+def _metrics(num_classes: int, prefix: str) -> MetricCollection:
+    metrics: dict[str, Any] = {
+        "acc": MulticlassAccuracy(num_classes, average="micro"),
+        "f1": MulticlassF1Score(num_classes, average="macro"),
+    }
+    if num_classes > 5:
+        metrics["top5"] = MulticlassAccuracy(num_classes, top_k=5, average="micro")
+    return MetricCollection(metrics, prefix=prefix)
+
+
+class TransferModule(L.LightningModule):
+    """A pretrained timm backbone with a new classification head.
+
+    Args:
+        num_classes: Number of target classes (linked from the data in the CLI).
+        backbone: timm model name.
+        weights: Weight file for the backbone (``.pth``, ``.safetensors``, a Lightning
+            checkpoint); ``None`` uses the bundled weights or timm's hub.
+        pretrained: Start from pretrained weights (``False``: random init).
+        trust_weights: Allow weight files that need arbitrary code to unpickle.
+        strategy: Fine-tune strategy name (``linear_probe``, ``probe_stage``, ``partial``, ``full``,
+            ``gradual``, ``lp_ft``).
+        strategy_args: Settings of the strategy, e.g. ``{"k": 2}`` or ``{"prior": "pretrained"}``.
+        head_hidden: Width of an optional hidden layer in the head (0: linear head).
+        dropout: Dropout before the head's linear layer(s).
+        label_smoothing: Cross-entropy label smoothing.
+        drop_path_rate: Stochastic depth of the backbone (timm ``drop_path_rate``).
+        optimizer: ``sgd``, ``momentum``, ``nesterov``, ``adagrad``, ``rmsprop``, ``adam``,
+            ``adamw``.
+        lr: Learning rate of the head; backbone groups get ``lr`` times their layer-decay scale.
+        weight_decay: Weight decay of the head (and of the backbone under ``prior: zero``).
+        momentum: Momentum for the SGD family and RMSProp.
+        scheduler: ``constant``, ``cosine``, ``exponential`` or ``step`` (per step).
+        warmup_epochs: Linear warmup length in epochs.
+        gamma: Decay factor of ``exponential`` (per epoch) or ``step`` (per ``step_epochs``).
+        step_epochs: Epochs between cuts of the ``step`` scheduler.
+        class_names: Class names, stored in checkpoints for prediction.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        backbone: str = DEFAULT_BACKBONE,
+        weights: str | None = None,
+        pretrained: bool = True,
+        trust_weights: bool = False,
+        strategy: str = "linear_probe",
+        strategy_args: dict[str, Any] | None = None,
+        head_hidden: int = 0,
+        dropout: float = 0.0,
+        label_smoothing: float = 0.0,
+        drop_path_rate: float | None = None,
+        optimizer: str = "adamw",
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+        momentum: float = 0.9,
+        scheduler: str = "cosine",
+        warmup_epochs: float = 0.0,
+        gamma: float | None = None,
+        step_epochs: int = 10,
+        class_names: list[str] | None = None,
+    ) -> None:
+        super().__init__()
+        if num_classes < 2:
+            raise TlkitError(f"need at least 2 classes, got {num_classes}")
+        if not lr > 0:
+            raise TlkitError(f"learning rate must be positive, got {lr}; pass e.g. --lr 1e-3")
+        if not 0.0 <= label_smoothing < 1.0:
+            raise TlkitError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+        self.save_hyperparameters()
+        self.strategy: Strategy = create_strategy(strategy, **(strategy_args or {}))
+        extra = {} if drop_path_rate is None else {"drop_path_rate": drop_path_rate}
+        self.backbone = create_backbone(
+            backbone,
+            weights=weights,
+            pretrained=pretrained,
+            num_classes=0,
+            trust_weights=trust_weights,
+            **extra,
+        )
+        self.weights_source = weights_source(backbone, weights, pretrained)
+        self.groups = layer_groups(self.backbone)
+        stage = self.strategy.feature_stage
+        if stage is not None:
+            info = self.backbone.feature_info
+            if not -len(info) <= stage < len(info):
+                raise TlkitError(
+                    f"probe_stage: stage {stage} out of range for {backbone} "
+                    f"({len(info)} stages); pass a stage in {-len(info)}..{len(info) - 1}"
+                )
+            in_features = info[stage]["num_chs"]
+        else:
+            in_features = self.backbone.num_features
+        self.head = Head(in_features, num_classes, head_hidden, dropout)
+        self.val_metrics = _metrics(num_classes, "val_")
+        self.test_metrics = _metrics(num_classes, "test_")
+        self.anchor = nn.Module()
+        if self.strategy.prior == "pretrained":
+            for name, param in self.backbone.named_parameters():
+                self.anchor.register_buffer(name.replace(".", "__"), param.detach().clone(), False)
+        self._apply_plan(0)
+
+    # --- the plan: which groups train, BN modes -------------------------------------------
+    def _apply_plan(self, epoch: int) -> None:
+        mask = self.strategy.trainable(epoch, len(self.groups))
+        params = dict(self.backbone.named_parameters())
+        for group, trains in zip(self.groups, mask, strict=True):
+            for name in group.params:
+                params[name].requires_grad_(trains)
+        if self.training:
+            self._apply_eval_policy()
+
+    @property
+    def backbone_frozen(self) -> bool:
+        """True when no backbone parameter trains at the current epoch."""
+        return not any(p.requires_grad for p in self.backbone.parameters())
+
+    def _apply_eval_policy(self) -> None:
+        """Put frozen parts (every module whose parameters are all frozen) in eval mode."""
+        policy = self.strategy.bn
+        for module in self.backbone.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm) and policy == "eval":
+                module.eval()
+        if policy == "train":
+            return
+        for module in self.backbone.modules():
+            own = list(module.parameters())
+            if own and not any(p.requires_grad for p in own):
+                module.eval()
+
+    def train(self, mode: bool = True) -> TransferModule:
+        """Switch modes; frozen parts stay in eval mode so their BN statistics never drift."""
+        super().train(mode)
+        if mode:
+            self._apply_eval_policy()
+        return self
+
+    def on_train_epoch_start(self) -> None:
+        self._apply_plan(self.current_epoch)
+
+    # --- forward -----------------------------------------------------------------------
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Pooled backbone features the head reads (from ``feature_stage`` when set)."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.backbone_frozen):
+            stage = self.strategy.feature_stage
+            if stage is None:
+                return self.backbone(images)
+            index = stage % len(self.backbone.feature_info)
+            maps = self.backbone.forward_intermediates(
+                images, indices=[index], intermediates_only=True
+            )
+            return maps[-1].mean(dim=(2, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits for images ``(N, C, H, W)`` or for cached features ``(N, D)``."""
+        features = x if x.ndim == 2 else self.encode(x)
+        return self.head(features)
+
+    def frozen_feature_extractor(self) -> FeatureExtractor | None:
+        """The frozen ``images -> features`` map when the backbone never trains, else ``None``."""
+        if not self.strategy.frozen_backbone:
+            return None
+        key = (
+            f"{self.hparams.backbone}:{tensor_digest(self.backbone)}:{self.strategy.feature_stage}"
+        )
+
+        def extract(images: torch.Tensor) -> torch.Tensor:
+            self.backbone.eval()
+            return self.encode(images)
+
+        return FeatureExtractor(extract, key)
+
+    # --- steps -------------------------------------------------------------------------
+    def _loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, targets, label_smoothing=self.hparams.label_smoothing)
+
+    def prior_penalty(self) -> torch.Tensor:
+        """L2-SP: ``strength/2 * ||w - w_pretrained||^2`` over the training backbone weights."""
+        strategy = self.strategy
+        if strategy.prior != "pretrained":
+            return torch.zeros((), device=self.device)
+        strength = 0.01 if strategy.prior_strength is None else strategy.prior_strength
+        terms = [
+            (param - getattr(self.anchor, name.replace(".", "__"))).pow(2).sum()
+            for name, param in self.backbone.named_parameters()
+            if param.requires_grad
+        ]
+        if not terms:
+            return torch.zeros((), device=self.device)
+        return 0.5 * strength * torch.stack(terms).sum()
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
+        inputs, targets = batch
+        loss = self._loss(self(inputs), targets) + self.prior_penalty()
+        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True)
+        return loss
+
+    def _eval_step(self, batch, metrics: MetricCollection, prefix: str) -> None:
+        inputs, targets = batch
+        logits = self(inputs)
+        self.log(f"{prefix}loss", self._loss(logits, targets), on_epoch=True, sync_dist=True)
+        metrics.update(logits, targets)
+        self.log_dict(metrics, on_epoch=True, prog_bar=prefix == "val_")
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._eval_step(batch, self.val_metrics, "val_")
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._eval_step(batch, self.test_metrics, "test_")
+
+    def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
+        inputs = batch[0] if isinstance(batch, (tuple, list)) else batch
+        return self(inputs).softmax(dim=-1)
+
+    # --- optimization ------------------------------------------------------------------
+    def param_groups(self) -> list[dict[str, Any]]:
+        """One stable optimizer group per backbone layer group (split by decay), plus the head.
+
+        Every parameter is in a group from the start, so unfreezing never adds groups.
+        Biases and normalisation weights get no weight decay.
+        """
+        hp, strategy = self.hparams, self.strategy
+        backbone_decay = 0.0
+        if strategy.prior == "zero":
+            backbone_decay = (
+                hp.weight_decay if strategy.prior_strength is None else strategy.prior_strength
+            )
+        params = dict(self.backbone.named_parameters())
+        scales = strategy.lr_scales(len(self.groups))
+        groups: list[dict[str, Any]] = []
+        sections = [
+            (g.name, [params[n] for n in g.params], s, backbone_decay)
+            for g, s in zip(self.groups, scales, strict=True)
+        ]
+        sections.append(("head", list(self.head.parameters()), 1.0, hp.weight_decay))
+        for name, tensors, scale, decay in sections:
+            for suffix, subset, wd in (
+                ("", [p for p in tensors if p.ndim > 1], decay),
+                ("/no_decay", [p for p in tensors if p.ndim <= 1], 0.0),
+            ):
+                if subset:
+                    groups.append(
+                        {
+                            "params": subset,
+                            "name": name + suffix,
+                            "lr": hp.lr * scale,
+                            "weight_decay": wd,
+                        }
+                    )
+        return groups
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        optimizer = build_optimizer(
+            hp.optimizer, self.param_groups(), hp.lr, hp.weight_decay, hp.momentum
+        )
+        total = int(self.trainer.estimated_stepping_batches)
+        epochs = max(int(self.trainer.max_epochs or 1), 1)
+        schedule = make_schedule(
+            hp.scheduler,
+            steps_per_epoch=max(total // epochs, 1),
+            warmup_epochs=hp.warmup_epochs,
+            gamma=hp.gamma,
+            step_epochs=hp.step_epochs,
+        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: schedule(step, total))
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Checkpoints hold every weight, so reloading one needs no pretrained download."""
+        hparams = checkpoint.get("hyper_parameters")
+        if isinstance(hparams, dict):
+            checkpoint["init_weights"] = self.weights_source
+            hparams.update(pretrained=False, weights=None)

@@ -1,0 +1,34 @@
+"""Layer groups and fine-tune strategies."""
+
+from tlkit.strategies.base import (
+    BN_POLICIES,
+    LPFT,
+    PRIORS,
+    STRATEGIES,
+    Full,
+    Gradual,
+    LinearProbe,
+    Partial,
+    ProbeStage,
+    Strategy,
+    create_strategy,
+    register_strategy,
+)
+from tlkit.strategies.groups import LayerGroup, layer_groups
+
+__all__ = [
+    "BN_POLICIES",
+    "LPFT",
+    "PRIORS",
+    "STRATEGIES",
+    "Full",
+    "Gradual",
+    "LayerGroup",
+    "LinearProbe",
+    "Partial",
+    "ProbeStage",
+    "Strategy",
+    "create_strategy",
+    "layer_groups",
+    "register_strategy",
+]

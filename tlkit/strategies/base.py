@@ -1,0 +1,230 @@
+"""Fine-tune strategies: which layer groups train at each epoch, at which LR, under which prior.
+
+A strategy is a plan, not a mutation: ``trainable(epoch, num_groups)`` is a pure function, so a
+resumed run recomputes exactly the state it stopped in. Every parameter sits in the optimizer from
+the start in a stable group per layer group; "frozen" means ``requires_grad`` off (the optimizer
+skips parameters without a gradient) and, for the modules it covers, eval mode.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+from tlkit.errors import TlkitError, unknown_name
+
+__all__ = [
+    "BN_POLICIES",
+    "LPFT",
+    "PRIORS",
+    "STRATEGIES",
+    "Full",
+    "Gradual",
+    "LinearProbe",
+    "Partial",
+    "ProbeStage",
+    "Strategy",
+    "create_strategy",
+    "register_strategy",
+]
+
+STRATEGIES: dict[str, type[Strategy]] = {}
+PRIORS = ("none", "zero", "pretrained")
+BN_POLICIES = ("frozen_eval", "eval", "train")
+
+
+def register_strategy(name: str) -> Callable[[type[Strategy]], type[Strategy]]:
+    """Class decorator adding a strategy to the registry under ``name``."""
+
+    def add(cls: type[Strategy]) -> type[Strategy]:
+        cls.name = name
+        STRATEGIES[name] = cls
+        return cls
+
+    return add
+
+
+class Strategy:
+    """Base class: a schedule of trainable layer groups plus LR scales and a prior.
+
+    Args:
+        prior: Regulariser on the backbone weights: ``none``; ``zero`` (weight decay towards 0,
+            strength ``prior_strength`` or the optimizer's ``weight_decay``); ``pretrained``
+            (L2-SP, Li et al. 2018: ``prior_strength/2 * ||w - w_pretrained||^2``, a Gaussian prior
+            centred on the pretrained weights).
+        prior_strength: Strength of the prior; ``None`` uses the optimizer's weight decay for
+            ``zero`` and 0.01 for ``pretrained``.
+        bn: BatchNorm policy: ``frozen_eval`` (frozen parts run in eval mode, their running
+            statistics never change), ``eval`` (every BatchNorm in eval mode, for tiny batches) or
+            ``train`` (statistics update everywhere, even in frozen parts).
+        layer_decay: LR multiplier per layer group going down from the head: group ``i`` of ``n``
+            gets ``layer_decay ** (n - i)``; 1 keeps one LR.
+    """
+
+    name: ClassVar[str] = ""
+    #: True when the backbone never trains, so its features can be cached.
+    frozen_backbone: ClassVar[bool] = False
+    #: Index into the backbone's feature stages the head reads from (``None``: final features).
+    feature_stage: int | None = None
+
+    def __init__(
+        self,
+        prior: str = "zero",
+        prior_strength: float | None = None,
+        bn: str = "frozen_eval",
+        layer_decay: float = 1.0,
+    ) -> None:
+        if prior not in PRIORS:
+            raise unknown_name("prior", prior, PRIORS)
+        if bn not in BN_POLICIES:
+            raise unknown_name("BatchNorm policy", bn, BN_POLICIES)
+        if prior_strength is not None and prior_strength < 0:
+            raise TlkitError(f"prior_strength must be >= 0, got {prior_strength}")
+        if not 0 < layer_decay <= 1:
+            raise TlkitError(f"layer_decay must be in (0, 1], got {layer_decay}")
+        self.prior = prior
+        self.prior_strength = prior_strength
+        self.bn = bn
+        self.layer_decay = layer_decay
+
+    def trainable(self, epoch: int, num_groups: int) -> list[bool]:
+        """Which backbone layer groups (shallow to deep) train during ``epoch``."""
+        raise NotImplementedError
+
+    def lr_scales(self, num_groups: int) -> list[float]:
+        """LR multiplier of each backbone layer group (the head's is 1)."""
+        return [self.layer_decay ** (num_groups - i) for i in range(num_groups)]
+
+    def describe(self) -> dict[str, Any]:
+        """The strategy's name and settings as plain data."""
+        params = inspect.signature(type(self).__init__).parameters
+        return {"name": self.name, **{k: getattr(self, k) for k in params if k != "self"}}
+
+
+@register_strategy("linear_probe")
+class LinearProbe(Strategy):
+    """Backbone frozen; only the new head trains (small data similar to the pretraining data)."""
+
+    frozen_backbone = True
+
+    def trainable(self, epoch: int, num_groups: int) -> list[bool]:
+        return [False] * num_groups
+
+
+@register_strategy("probe_stage")
+class ProbeStage(Strategy):
+    """A linear head on pooled features of an earlier stage; the backbone stays frozen.
+
+    For small data unlike the pretraining data: the top features are too source-specific.
+
+    Args:
+        stage: Index into the backbone's feature stages (timm ``feature_info``); negative counts
+            from the top, so ``-2`` is the stage below the last.
+        **kwargs: See :class:`Strategy`.
+    """
+
+    frozen_backbone = True
+
+    def __init__(self, stage: int = -2, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.stage = int(stage)
+        self.feature_stage = self.stage
+
+    def trainable(self, epoch: int, num_groups: int) -> list[bool]:
+        return [False] * num_groups
+
+
+@register_strategy("partial")
+class Partial(Strategy):
+    """The top ``k`` layer groups train; the rest stay frozen (large, similar data).
+
+    Args:
+        k: Number of layer groups, counted from the top, that train.
+        **kwargs: See :class:`Strategy`.
+    """
+
+    def __init__(self, k: int = 2, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if k < 0:
+            raise TlkitError(f"partial: k must be >= 0, got {k}")
+        self.k = int(k)
+
+    def trainable(self, epoch: int, num_groups: int) -> list[bool]:
+        return [i >= num_groups - self.k for i in range(num_groups)]
+
+
+@register_strategy("full")
+class Full(Strategy):
+    """Everything trains, deeper layers at higher LR (large data unlike the pretraining data).
+
+    Args:
+        layer_decay: See :class:`Strategy`; 0.75 by default here.
+        **kwargs: See :class:`Strategy`.
+    """
+
+    def __init__(self, layer_decay: float = 0.75, **kwargs: Any) -> None:
+        super().__init__(layer_decay=layer_decay, **kwargs)
+
+    def trainable(self, epoch: int, num_groups: int) -> list[bool]:
+        return [True] * num_groups
+
+
+@register_strategy("gradual")
+class Gradual(Strategy):
+    """Unfreeze layer groups from the top down, one more every ``every`` epochs (ULMFiT).
+
+    Epochs ``0 .. start-1`` train the head only; from epoch ``start`` one group more trains each
+    ``every`` epochs, down to ``min_group`` (groups below it never train).
+
+    Args:
+        every: Epochs between two unfreezings.
+        start: First epoch at which a backbone group trains.
+        min_group: Lowest group index that is ever unfrozen (0 = the stem).
+        **kwargs: See :class:`Strategy`.
+    """
+
+    def __init__(self, every: int = 1, start: int = 1, min_group: int = 0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if every < 1 or start < 0 or min_group < 0:
+            raise TlkitError("gradual: every must be >= 1, start and min_group >= 0")
+        self.every, self.start, self.min_group = int(every), int(start), int(min_group)
+
+    def trainable(self, epoch: int, num_groups: int) -> list[bool]:
+        count = 0 if epoch < self.start else 1 + (epoch - self.start) // self.every
+        lowest = max(num_groups - count, self.min_group)
+        return [i >= lowest for i in range(num_groups)]
+
+
+@register_strategy("lp_ft")
+class LPFT(Strategy):
+    """Linear probe for ``probe_epochs``, then fine-tune everything (Kumar et al. 2022).
+
+    Args:
+        probe_epochs: Epochs of linear probing before the backbone unfreezes.
+        layer_decay: See :class:`Strategy`.
+        **kwargs: See :class:`Strategy`.
+    """
+
+    def __init__(self, probe_epochs: int = 5, layer_decay: float = 1.0, **kwargs: Any) -> None:
+        super().__init__(layer_decay=layer_decay, **kwargs)
+        if probe_epochs < 0:
+            raise TlkitError(f"lp_ft: probe_epochs must be >= 0, got {probe_epochs}")
+        self.probe_epochs = int(probe_epochs)
+
+    def trainable(self, epoch: int, num_groups: int) -> list[bool]:
+        return [epoch >= self.probe_epochs] * num_groups
+
+
+def create_strategy(name: str | Strategy, **kwargs: Any) -> Strategy:
+    """Build a registered strategy by name; unknown names and settings give a clear error."""
+    if isinstance(name, Strategy):
+        return name
+    if name not in STRATEGIES:
+        raise unknown_name("strategy", name, STRATEGIES)
+    try:
+        return STRATEGIES[name](**kwargs)
+    except TypeError as err:
+        raise TlkitError(
+            f"strategy '{name}': {err}; see `tlkit recipes show` for examples"
+        ) from err
