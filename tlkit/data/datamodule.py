@@ -95,7 +95,7 @@ class TransferDataModule(L.LightningDataModule):
         if val is None:
             train, val = split_stratified(train, hp.val_fraction, hp.seed + 1)
         if hp.shots is not None:
-            train = sample_shots(train, hp.shots, hp.seed)
+            train = sample_shots(train, hp.shots, hp.seed, classes=src.classes)
         return DataSource(classes=src.classes, train=train, val=val, test=test, name=src.name)
 
     @property
