@@ -22,6 +22,9 @@ USAGE = """usage: tlkit COMMAND [options]
 commands:
   finetune   fine-tune with a recipe, test, write a run directory (start here)
   recipes    list the recipes, or `tlkit recipes show NAME`
+  predict    top-k labels for images (CSV), one checkpoint or an ensemble
+  evaluate   metrics, per-class accuracy, confusion matrix on labelled data
+  export     safetensors (timm-loadable), ONNX or TorchScript
   fit, validate, test, predict
              Lightning CLI subcommands (e.g. `tlkit fit --config recipes/small-similar.yaml`)
 
@@ -34,7 +37,7 @@ options for every command: --debug (show tracebacks)
 
 
 def _lightning_cli(args: Sequence[str], run: bool = True):
-    from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
+    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
     from lightning.pytorch.cli import LightningCLI
 
     from tlkit.data import TransferDataModule
@@ -56,6 +59,8 @@ def _lightning_cli(args: Sequence[str], run: bool = True):
                 }
             )
             parser.add_lightning_class_args(RichProgressBar, "progress_bar")
+            parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
+            parser.set_defaults({"lr_monitor.logging_interval": "step"})
 
     return TlkitCLI(
         TransferModule,
@@ -165,6 +170,16 @@ def finetune(argv: Sequence[str]) -> int:
     metrics = _metrics_record(trainer, model, datamodule, tested, recipe.stem, fit_seconds, best)
     if trainer.is_global_zero:
         (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        from tlkit.report import write_run_report
+
+        confusion = model.last_test_confusion
+        write_run_report(
+            run_dir,
+            metrics,
+            confusion.tolist() if confusion is not None else None,
+            datamodule.class_names,
+            sorted(run_dir.glob("*.png")),
+        )
         _print_results(metrics, run_dir)
     return 0
 
@@ -263,6 +278,11 @@ def _dispatch(argv: list[str]) -> int:
         return finetune(rest)
     if command == "recipes":
         return recipes_command(rest)
+    lightning_predict = command == "predict" and any(a.startswith("--config") for a in rest)
+    if command in ("predict", "evaluate", "export") and not lightning_predict:
+        from tlkit import predict_cli
+
+        return getattr(predict_cli, f"{command}_command")(rest)
     if command in LIGHTNING_SUBCOMMANDS:
         _lightning_cli(argv)
         return 0

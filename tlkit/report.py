@@ -1,0 +1,269 @@
+"""Evaluation figures and the run report: metrics, confusion matrix, curves, LR schedule."""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = [
+    "confusion_matrix_png",
+    "evaluation_metrics",
+    "print_evaluation",
+    "write_run_report",
+]
+
+
+def evaluation_metrics(probs: torch.Tensor, targets: torch.Tensor, names: Sequence[str]) -> dict:
+    """Accuracy, top-5, macro F1, per-class accuracy and the confusion matrix.
+
+    Args:
+        probs: ``(N, C)`` class probabilities.
+        targets: ``(N,)`` true class indices.
+        names: Class names, index order.
+
+    Returns:
+        Plain data (JSON-serialisable).
+    """
+    from torchmetrics.functional.classification import (
+        multiclass_accuracy,
+        multiclass_confusion_matrix,
+        multiclass_f1_score,
+    )
+
+    num = len(names)
+    result: dict[str, Any] = {
+        "num_samples": len(targets),
+        "acc": float(multiclass_accuracy(probs, targets, num, average="micro")),
+        "f1": float(multiclass_f1_score(probs, targets, num, average="macro")),
+    }
+    if num > 5:
+        result["top5"] = float(multiclass_accuracy(probs, targets, num, top_k=5, average="micro"))
+    confusion = multiclass_confusion_matrix(probs, targets, num)
+    result["per_class_acc"] = per_class_accuracy(confusion, names)
+    result["confusion_matrix"] = confusion.tolist()
+    return result
+
+
+def per_class_accuracy(confusion: torch.Tensor | Sequence, names: Sequence[str]) -> dict:
+    """Recall of each class (diagonal over row sums); ``None`` for classes without samples."""
+    confusion = torch.as_tensor(confusion)
+    rows = confusion.sum(dim=1)
+    return {
+        name: (float(confusion[i, i] / rows[i]) if rows[i] > 0 else None)
+        for i, name in enumerate(names)
+    }
+
+
+def print_evaluation(result: dict) -> None:
+    """Print the metrics and the per-class accuracy as tables."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"evaluation ({result['num_samples']} images)")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key in ("acc", "top5", "f1"):
+        if key in result:
+            table.add_row(key, f"{result[key]:.4f}")
+    per_class = Table(title="per-class accuracy")
+    per_class.add_column("class")
+    per_class.add_column("accuracy", justify="right")
+    for name, acc in result["per_class_acc"].items():
+        per_class.add_row(name, "-" if acc is None else f"{acc:.3f}")
+    console = Console()
+    console.print(table)
+    console.print(per_class)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def confusion_matrix_png(confusion: Sequence, names: Sequence[str], path: str | Path) -> Path:
+    """Save a confusion matrix (rows: true class, columns: predicted) as a PNG."""
+    plt = _pyplot()
+    matrix = torch.as_tensor(confusion, dtype=torch.float64)
+    size = max(4.0, 0.55 * len(names) + 2)
+    fig, ax = plt.subplots(figsize=(size, size))
+    image = ax.imshow(matrix.numpy(), cmap="Blues")
+    ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(len(names)), names, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if len(names) <= 20:
+        peak = float(matrix.max()) or 1.0
+        for (i, j), value in ((ij, matrix[ij]) for ij in _cells(len(names))):
+            colour = "white" if value > peak / 2 else "black"
+            ax.text(j, i, f"{int(value)}", ha="center", va="center", fontsize=7, color=colour)
+    fig.colorbar(image, ax=ax, fraction=0.046)
+    ax.set_title("confusion matrix")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def _cells(n: int):
+    return ((i, j) for i in range(n) for j in range(n))
+
+
+def _read_csv_log(path: Path) -> list[dict[str, float]]:
+    if not path.is_file():
+        return []
+    rows = []
+    with open(path, newline="") as handle:
+        for row in csv.DictReader(handle):
+            rows.append({k: float(v) for k, v in row.items() if v not in ("", None)})
+    return rows
+
+
+def _series(rows: list[dict[str, float]], x: str, y: str) -> tuple[list[float], list[float]]:
+    points = [(r[x], r[y]) for r in rows if x in r and y in r and math.isfinite(r[y])]
+    return [p[0] for p in points], [p[1] for p in points]
+
+
+def _curves_png(rows: list[dict[str, float]], path: Path) -> Path | None:
+    plt = _pyplot()
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4))
+    drawn = False
+    for key, ax in (("train_loss_epoch", loss_ax), ("val_loss", loss_ax), ("val_acc", acc_ax)):
+        xs, ys = _series(rows, "epoch", key)
+        if xs:
+            ax.plot(xs, ys, marker="o", label=key)
+            drawn = True
+    if not drawn:
+        plt.close(fig)
+        return None
+    for ax, title in ((loss_ax, "loss"), (acc_ax, "validation accuracy")):
+        ax.set_xlabel("epoch")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _lr_png(rows: list[dict[str, float]], path: Path) -> Path | None:
+    keys = sorted({k for r in rows for k in r if k.startswith("lr")})
+    if not keys:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for key in keys:
+        xs, ys = _series(rows, "step", key)
+        ax.plot(xs, ys, label=key.split("/", 1)[-1])
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("learning rate")
+    ax.set_title("learning rate of each param group")
+    ax.grid(alpha=0.3)
+    if len(keys) <= 20:
+        ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _per_class_png(per_class: dict[str, float | None], path: Path) -> Path:
+    plt = _pyplot()
+    names = list(per_class)
+    values = [per_class[n] or 0.0 for n in names]
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.5 * len(names) + 2), 4))
+    ax.bar(range(len(names)), values, color="tab:blue")
+    ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("test accuracy")
+    ax.set_title("per-class test accuracy")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_run_report(
+    run_dir: str | Path,
+    metrics: dict[str, Any],
+    confusion: Sequence | None = None,
+    class_names: Sequence[str] | None = None,
+    extra_images: Sequence[Path] = (),
+) -> Path:
+    """Write ``report.md`` with learning curves, LR schedule, confusion matrix, per-class accuracy.
+
+    Args:
+        run_dir: The run directory (``logs/metrics.csv`` is read from it).
+        metrics: The run's ``metrics.json`` content.
+        confusion: Test confusion matrix (rows true, columns predicted).
+        class_names: Class names, index order.
+        extra_images: Further PNGs in the run directory to show (e.g. augmentation preview).
+
+    Returns:
+        The path of ``report.md``.
+    """
+    run_dir = Path(run_dir)
+    plots = run_dir / "plots"
+    plots.mkdir(parents=True, exist_ok=True)
+    rows = _read_csv_log(run_dir / "logs" / "metrics.csv")
+    figures: list[tuple[str, Path | None]] = [
+        ("Learning curves", _curves_png(rows, plots / "curves.png")),
+        ("Learning rate per param group", _lr_png(rows, plots / "lr.png")),
+    ]
+    if confusion is not None and class_names:
+        figures.append(
+            (
+                "Confusion matrix (test)",
+                confusion_matrix_png(confusion, class_names, plots / "confusion_matrix.png"),
+            )
+        )
+        per_class = per_class_accuracy(confusion, class_names)
+        figures.append(
+            ("Per-class test accuracy", _per_class_png(per_class, plots / "per_class.png"))
+        )
+    figures += [(p.stem.replace("_", " ").capitalize(), p) for p in extra_images]
+    lines = [
+        f"# Run report: {metrics.get('recipe', run_dir.name)}",
+        "",
+        "| metric | value |",
+        "|---|---|",
+    ]
+    for key in (
+        "test_acc",
+        "test_top5",
+        "test_f1",
+        "test_loss",
+        "val_acc",
+        "epochs",
+        "fit_seconds",
+    ):
+        if metrics.get(key) is not None:
+            value = metrics[key]
+            lines.append(
+                f"| {key} | {value:.4f} |" if isinstance(value, float) else f"| {key} | {value} |"
+            )
+    lines += [
+        "",
+        f"Backbone `{metrics.get('backbone')}` ({metrics.get('weights')}), strategy "
+        f"`{(metrics.get('strategy') or {}).get('name')}`; data `{metrics.get('data')}`: "
+        f"{metrics.get('num_classes')} classes, {metrics.get('num_train')} train / "
+        f"{metrics.get('num_val')} val / {metrics.get('num_test')} test images at "
+        f"{metrics.get('image_size')} px.",
+        "",
+    ]
+    for title, path in figures:
+        if path is not None:
+            lines += [f"## {title}", "", f"![{title}]({path.relative_to(run_dir)})", ""]
+    report = run_dir / "report.md"
+    report.write_text("\n".join(lines))
+    return report
