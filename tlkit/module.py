@@ -9,7 +9,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torchmetrics import MetricCollection
-from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+from torchmetrics.classification import (
+    MulticlassAccuracy,
+    MulticlassConfusionMatrix,
+    MulticlassF1Score,
+)
 
 from tlkit.backbones import DEFAULT_BACKBONE, create_backbone, weights_source
 from tlkit.data.features import FeatureExtractor, tensor_digest
@@ -18,7 +22,7 @@ from tlkit.optim import build_optimizer
 from tlkit.schedules import make_schedule
 from tlkit.strategies import Strategy, create_strategy, layer_groups
 
-__all__ = ["Head", "TransferModule"]
+__all__ = ["Classifier", "Head", "TransferModule", "pooled_features"]
 
 
 class Head(nn.Sequential):
@@ -36,6 +40,26 @@ class Head(nn.Sequential):
         else:
             layers = [nn.Dropout(dropout), nn.Linear(in_features, num_classes)]
         super().__init__(*layers)
+
+
+def pooled_features(backbone: nn.Module, images: torch.Tensor, stage: int | None) -> torch.Tensor:
+    """Globally pooled features of a timm backbone: final ones, or those of feature ``stage``."""
+    if stage is None:
+        return backbone(images)
+    index = stage % len(backbone.feature_info)
+    maps = backbone.forward_intermediates(images, indices=[index], intermediates_only=True)
+    return maps[-1].mean(dim=(2, 3))
+
+
+class Classifier(nn.Module):
+    """A plain ``images -> logits`` module (backbone, pooling, head) for tracing and export."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module, stage: int | None = None) -> None:
+        super().__init__()
+        self.backbone, self.head, self.stage = backbone, head, stage
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(pooled_features(self.backbone, images, self.stage))
 
 
 def _metrics(num_classes: int, prefix: str) -> MetricCollection:
@@ -134,6 +158,9 @@ class TransferModule(L.LightningModule):
         self.head = Head(in_features, num_classes, head_hidden, dropout)
         self.val_metrics = _metrics(num_classes, "val_")
         self.test_metrics = _metrics(num_classes, "test_")
+        self.test_confusion = MulticlassConfusionMatrix(num_classes)
+        #: Confusion matrix (rows true, columns predicted) of the last test run.
+        self.last_test_confusion: torch.Tensor | None = None
         self.anchor = nn.Module()
         if self.strategy.prior == "pretrained":
             for name, param in self.backbone.named_parameters():
@@ -148,7 +175,7 @@ class TransferModule(L.LightningModule):
             for name in group.params:
                 params[name].requires_grad_(trains)
         if self.training:
-            self._apply_eval_policy()
+            self.train(True)
 
     @property
     def backbone_frozen(self) -> bool:
@@ -182,14 +209,7 @@ class TransferModule(L.LightningModule):
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Pooled backbone features the head reads (from ``feature_stage`` when set)."""
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.backbone_frozen):
-            stage = self.strategy.feature_stage
-            if stage is None:
-                return self.backbone(images)
-            index = stage % len(self.backbone.feature_info)
-            maps = self.backbone.forward_intermediates(
-                images, indices=[index], intermediates_only=True
-            )
-            return maps[-1].mean(dim=(2, 3))
+            return pooled_features(self.backbone, images, self.strategy.feature_stage)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits for images ``(N, C, H, W)`` or for cached features ``(N, D)``."""
@@ -235,18 +255,26 @@ class TransferModule(L.LightningModule):
         self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True)
         return loss
 
-    def _eval_step(self, batch, metrics: MetricCollection, prefix: str) -> None:
+    def _eval_step(self, batch, metrics: MetricCollection, prefix: str) -> torch.Tensor:
         inputs, targets = batch
         logits = self(inputs)
         self.log(f"{prefix}loss", self._loss(logits, targets), on_epoch=True, sync_dist=True)
         metrics.update(logits, targets)
         self.log_dict(metrics, on_epoch=True, prog_bar=prefix == "val_")
+        return logits
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self._eval_step(batch, self.val_metrics, "val_")
 
     def test_step(self, batch, batch_idx: int) -> None:
-        self._eval_step(batch, self.test_metrics, "test_")
+        logits = self._eval_step(batch, self.test_metrics, "test_")
+        self.test_confusion.update(logits, batch[1])
+
+    def on_test_epoch_start(self) -> None:
+        self.test_confusion.reset()
+
+    def on_test_epoch_end(self) -> None:
+        self.last_test_confusion = self.test_confusion.compute().cpu()
 
     def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
         inputs = batch[0] if isinstance(batch, (tuple, list)) else batch
