@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import os
 from typing import Any
 
 import lightning as L
@@ -16,10 +18,11 @@ from torchmetrics.classification import (
 )
 
 from tlkit.backbones import DEFAULT_BACKBONE, create_backbone, weights_source
+from tlkit.data.datasets import item_seed
 from tlkit.data.features import FeatureExtractor, tensor_digest
-from tlkit.errors import TlkitError
-from tlkit.optim import build_optimizer
-from tlkit.schedules import make_schedule
+from tlkit.errors import TlkitError, unknown_name
+from tlkit.optim import OPTIMIZERS, build_optimizer
+from tlkit.schedules import SCHEDULES, make_schedule
 from tlkit.strategies import Strategy, create_strategy, layer_groups
 
 __all__ = ["Classifier", "Head", "TransferModule", "pooled_features"]
@@ -47,7 +50,9 @@ def pooled_features(backbone: nn.Module, images: torch.Tensor, stage: int | None
     if stage is None:
         return backbone(images)
     index = stage % len(backbone.feature_info)
-    maps = backbone.forward_intermediates(images, indices=[index], intermediates_only=True)
+    maps = backbone.forward_intermediates(
+        images, indices=[index], intermediates_only=True, stop_early=True
+    )
     return maps[-1].mean(dim=(2, 3))
 
 
@@ -131,6 +136,10 @@ class TransferModule(L.LightningModule):
             raise TlkitError(f"learning rate must be positive, got {lr}; pass e.g. --lr 1e-3")
         if not 0.0 <= label_smoothing < 1.0:
             raise TlkitError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+        if optimizer not in OPTIMIZERS:
+            raise unknown_name("optimizer", optimizer, OPTIMIZERS)
+        if scheduler not in SCHEDULES:
+            raise unknown_name("scheduler", scheduler, SCHEDULES)
         self.save_hyperparameters()
         self.strategy: Strategy = create_strategy(strategy, **(strategy_args or {}))
         extra = {} if drop_path_rate is None else {"drop_path_rate": drop_path_rate}
@@ -204,6 +213,12 @@ class TransferModule(L.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         self._apply_plan(self.current_epoch)
+        seed = os.environ.get("PL_GLOBAL_SEED")
+        if seed is not None:
+            # Dropout and stochastic depth draw from the global RNG: reseeding it from
+            # (seed, epoch, rank) makes an epoch's randomness independent of what ran before,
+            # so a run resumed at any epoch matches an uninterrupted one.
+            torch.manual_seed(item_seed(int(seed), self.current_epoch, self.global_rank))
 
     # --- forward -----------------------------------------------------------------------
     def encode(self, images: torch.Tensor) -> torch.Tensor:
@@ -322,11 +337,16 @@ class TransferModule(L.LightningModule):
         optimizer = build_optimizer(
             hp.optimizer, self.param_groups(), hp.lr, hp.weight_decay, hp.momentum
         )
-        total = int(self.trainer.estimated_stepping_batches)
-        epochs = max(int(self.trainer.max_epochs or 1), 1)
+        trainer = self.trainer
+        total = int(trainer.estimated_stepping_batches)
+        batches = trainer.num_training_batches
+        if math.isfinite(batches):
+            steps_per_epoch = math.ceil(batches / max(trainer.accumulate_grad_batches, 1))
+        else:
+            steps_per_epoch = total // max(int(trainer.max_epochs or 1), 1)
         schedule = make_schedule(
             hp.scheduler,
-            steps_per_epoch=max(total // epochs, 1),
+            steps_per_epoch=steps_per_epoch,
             warmup_epochs=hp.warmup_epochs,
             gamma=hp.gamma,
             step_epochs=hp.step_epochs,

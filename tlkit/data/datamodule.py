@@ -12,7 +12,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 
-from tlkit.data.datasets import ImageDataset
+from tlkit.data.datasets import EpochKeyed, EpochSampler, ImageDataset
 from tlkit.data.features import FeatureExtractor, cached_features, default_cache_dir
 from tlkit.data.images import probe_image
 from tlkit.data.sources import DataSource, Split, load_source, sample_shots, split_stratified
@@ -137,7 +137,9 @@ class TransferDataModule(L.LightningDataModule):
                 transform = train_transform(self.spec, self.hparams.augment)
             else:
                 transform = eval_transform(self.spec)
-            self.datasets[name] = ImageDataset(split, build_pipeline(transform), keep_decoded=keep)
+            self.datasets[name] = ImageDataset(
+                split, build_pipeline(transform), keep_decoded=keep, seed=self.hparams.seed
+            )
 
     def _drop_undecodable(self, name: str, split: Split) -> Split:
         bad = [
@@ -187,10 +189,13 @@ class TransferDataModule(L.LightningDataModule):
 
     def _loader(self, name: str, shuffle: bool) -> DataLoader:
         workers = self.num_workers
+        dataset = self._dataset(name)
+        if not isinstance(dataset, ImageDataset):
+            dataset = EpochKeyed(dataset)
         return DataLoader(
-            self._dataset(name),
+            dataset,
             batch_size=self.hparams.batch_size,
-            shuffle=shuffle,
+            sampler=EpochSampler(len(dataset), self.hparams.seed, shuffle=shuffle),
             num_workers=workers,
             persistent_workers=workers > 0,
             drop_last=False,

@@ -2,16 +2,63 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
 from tlkit.data.images import load_image
 from tlkit.data.sources import Split
+from tlkit.data.transforms import Pipeline
 
-__all__ = ["ImageDataset"]
+__all__ = ["EpochKeyed", "EpochSampler", "ImageDataset", "item_seed"]
+
+
+def item_seed(seed: int, epoch: int, index: int) -> int:
+    """A 32-bit seed for one item in one epoch."""
+    return (seed * 1_000_003 + epoch * 7_919 + index) % (2**32)
+
+
+class EpochSampler(Sampler):
+    """Yields ``(epoch, index)`` keys in a permutation fixed by ``(seed, epoch)``.
+
+    Lightning calls ``set_epoch`` before every epoch, so the order and (through
+    :class:`ImageDataset`) the augmentation of every epoch depend on the seed and epoch alone,
+    never on the global RNG: a run resumed at epoch ``k`` sees exactly the batches an
+    uninterrupted run sees.
+    """
+
+    def __init__(self, size: int, seed: int = 0, shuffle: bool = True) -> None:
+        self.size, self.seed, self.shuffle, self.epoch = size, seed, shuffle, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the permutation of ``epoch``."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(item_seed(self.seed, self.epoch, 0))
+            order = torch.randperm(self.size, generator=generator).tolist()
+        else:
+            order = range(self.size)
+        return iter([(self.epoch, i) for i in order])
+
+
+class EpochKeyed(Dataset):
+    """Accepts ``(epoch, index)`` keys for a dataset indexed by plain integers."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: int | tuple[int, int]):
+        return self.dataset[key[1] if isinstance(key, tuple) else key]
 
 
 class ImageDataset(Dataset):
@@ -19,7 +66,8 @@ class ImageDataset(Dataset):
 
     Args:
         split: Items and labels.
-        transform: ``HxWx3 uint8 array -> tensor``.
+        transform: ``HxWx3 uint8 array -> tensor``; a :class:`~tlkit.data.transforms.Pipeline`
+            is seeded per item and epoch when keys are ``(epoch, index)``.
         keep_decoded: Keep decoded images in memory so later epochs skip decoding (for
             datasets that fit in memory; each DataLoader worker keeps its own copy).
     """
@@ -29,10 +77,12 @@ class ImageDataset(Dataset):
         split: Split,
         transform: Callable[[np.ndarray], torch.Tensor],
         keep_decoded: bool = False,
+        seed: int = 0,
     ) -> None:
         self.split = split
         self.transform = transform
         self.keep_decoded = keep_decoded
+        self.seed = seed
         self._decoded: dict[int, np.ndarray] = {}
 
     def __len__(self) -> int:
@@ -48,5 +98,11 @@ class ImageDataset(Dataset):
             self._decoded[index] = image
         return image
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        return self.transform(self.image(index)), int(self.split.labels[index])
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
+        epoch, index = key if isinstance(key, tuple) else (None, key)
+        image = self.image(index)
+        if epoch is not None and isinstance(self.transform, Pipeline):
+            tensor = self.transform(image, seed=item_seed(self.seed, epoch, index))
+        else:
+            tensor = self.transform(image)
+        return tensor, int(self.split.labels[index])

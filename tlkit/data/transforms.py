@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import albumentations as A
@@ -16,6 +15,7 @@ from tlkit.errors import TlkitError, unknown_name
 
 __all__ = [
     "AUGMENT_PRESETS",
+    "Pipeline",
     "PipelineSpec",
     "build_pipeline",
     "data_config_for",
@@ -142,10 +142,27 @@ def train_transform(spec: PipelineSpec, preset: str = "light") -> A.Compose:
     return A.Compose([*ops, *spec.normalise()])
 
 
-def build_pipeline(pipeline: A.Compose) -> Callable[[np.ndarray], torch.Tensor]:
-    """Wrap an albumentations pipeline as ``image -> tensor``."""
+class Pipeline:
+    """An albumentations pipeline as ``image -> tensor``, reproducible per call when seeded.
 
-    def apply(image: np.ndarray) -> torch.Tensor:
-        return pipeline(image=image)["image"]
+    ``pipeline(image, seed=k)`` draws the same augmentation for the same ``k`` whatever ran
+    before, so an item's augmentation depends on (seed, epoch, index) alone: identical across
+    DataLoader workers, DDP ranks and resumed runs.
+    """
 
-    return apply
+    def __init__(self, compose: A.Compose) -> None:
+        self.compose = compose
+
+    def __call__(self, image: np.ndarray, seed: int | None = None) -> torch.Tensor:
+        if seed is not None:
+            self.compose.set_random_seed(seed)
+        return self.compose(image=image)["image"]
+
+    def to_dict(self) -> dict[str, Any]:
+        """albumentations' own serialisation of the pipeline."""
+        return A.to_dict(self.compose)
+
+
+def build_pipeline(pipeline: A.Compose) -> Pipeline:
+    """Wrap an albumentations pipeline as a seedable ``image -> tensor`` callable."""
+    return Pipeline(pipeline)
