@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,14 @@ from tlkit.errors import TlkitError
 __all__ = ["main"]
 
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
+_RUN_DIR_ENV = "TLKIT_RUN_DIR"
+
+
+def _rank_zero() -> bool:
+    from lightning.pytorch.utilities import rank_zero_only
+
+    return getattr(rank_zero_only, "rank", 0) == 0
+
 
 USAGE = """usage: tlkit COMMAND [options]
 
@@ -36,7 +46,27 @@ options for every command: --debug (show tracebacks)
 """
 
 
+# Lightning warnings that are expected in every tlkit run: frozen parts run in eval mode by
+# design, small datasets load in the main process on purpose, the CLI is always given its
+# arguments, and the rest is upstream deprecation noise.
+_EXPECTED_WARNINGS = (
+    r"LightningCLI's args parameter is intended",
+    r"Found \d+ module\(s\) in eval mode at the start of training",
+    r"The '\w+' does not have many workers",
+    r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+    r"Starting from v1\.9\.0, `tensorboardX` has been removed",
+)
+
+
+def _quiet_lightning() -> None:
+    """Hide the expected warnings and the seed log line (the seed is in config.yaml)."""
+    for message in _EXPECTED_WARNINGS:
+        warnings.filterwarnings("ignore", message=message)
+    logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)
+
+
 def _lightning_cli(args: Sequence[str], run: bool = True):
+    _quiet_lightning()
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
     from lightning.pytorch.cli import LightningCLI
 
@@ -94,6 +124,11 @@ def _finetune_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
     parser.add_argument("--out", help="run directory (default runs/RECIPE-TIMESTAMP)")
     parser.add_argument("--strict", action="store_true", help="stop on undecodable images")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its last checkpoint, with its saved config",
+    )
     return parser
 
 
@@ -115,20 +150,8 @@ def _writable_dir(path: Path) -> Path:
     return path
 
 
-def finetune(argv: Sequence[str]) -> int:
-    """``tlkit finetune``: fit, test, write the run directory, print the results."""
-    opts, extra = _finetune_parser().parse_known_args(argv)
-    for name in ("epochs", "shots", "image_size", "batch_size", "lr"):
-        _positive("--" + name.replace("_", "-"), getattr(opts, name))
-    for item in extra:
-        if item.startswith("-") and not item.startswith(("--trainer.", "--model.", "--data.")):
-            raise TlkitError(f"unknown option {item}; see `tlkit finetune --help`")
-
-    from tlkit.recipes import recipe_path
-
-    recipe = recipe_path(opts.recipe)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    run_dir = _writable_dir(Path(opts.out or Path("runs") / f"{recipe.stem}-{stamp}"))
+def _recipe_args(opts: argparse.Namespace, recipe: Path, run_dir: Path) -> list[str]:
+    """Lightning CLI arguments: the recipe, the finetune options, the run directory."""
     args = ["--config", str(recipe), "--seed_everything", str(opts.seed)]
     overrides = {
         "--data.data": opts.data,
@@ -147,27 +170,81 @@ def finetune(argv: Sequence[str]) -> int:
         args += ["--model.trust_weights", "true"]
     if opts.strict:
         args += ["--data.strict", "true"]
-    args += [
+    return [
+        *args,
         "--trainer.default_root_dir", str(run_dir),
         "--trainer.logger", "lightning.pytorch.loggers.CSVLogger",
         "--trainer.logger.save_dir", str(run_dir),
         "--trainer.logger.name", "logs",
         "--trainer.logger.version", "",
         "--checkpoint.dirpath", str(run_dir / "checkpoints"),
-        *extra,
     ]  # fmt: skip
+
+
+def _resume_args(opts: argparse.Namespace) -> tuple[Path, list[str], str]:
+    """The run directory, its saved config and recipe name, checked for a checkpoint to resume."""
+    if not opts.out:
+        raise TlkitError("--resume needs --out RUN_DIR: the run directory to continue")
+    run_dir = Path(opts.out)
+    config, last = run_dir / "config.yaml", run_dir / "checkpoints" / "last.ckpt"
+    if not config.is_file() or not last.is_file():
+        raise TlkitError(
+            f"nothing to resume in {run_dir}: it needs config.yaml and checkpoints/last.ckpt "
+            "(written after the first epoch); start a new run without --resume"
+        )
+    _writable_dir(run_dir)
+    log = run_dir / "logs" / "metrics.csv"
+    if log.is_file() and _rank_zero():
+        # The logger starts a fresh metrics.csv: keep the earlier part beside it for the report.
+        part = len(list(log.parent.glob("metrics.part*.csv")))
+        log.rename(log.with_name(f"metrics.part{part}.csv"))
+    try:
+        recipe_name = json.loads((run_dir / "run.json").read_text())["recipe"]
+    except (OSError, ValueError, KeyError):
+        recipe_name = run_dir.name
+    return run_dir, ["--config", str(config)], recipe_name
+
+
+def finetune(argv: Sequence[str]) -> int:
+    """``tlkit finetune``: fit, test, write the run directory, print the results."""
+    opts, extra = _finetune_parser().parse_known_args(argv)
+    for name in ("epochs", "shots", "image_size", "batch_size", "lr"):
+        _positive("--" + name.replace("_", "-"), getattr(opts, name))
+    for item in extra:
+        if item.startswith("-") and not item.startswith(("--trainer.", "--model.", "--data.")):
+            raise TlkitError(f"unknown option {item}; see `tlkit finetune --help`")
+
+    if opts.resume:
+        run_dir, args, recipe_name = _resume_args(opts)
+        resume_from = run_dir / "checkpoints" / "last.ckpt"
+    else:
+        from tlkit.recipes import recipe_path
+
+        recipe = recipe_path(opts.recipe)
+        recipe_name = recipe.stem
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        # DDP re-launches this command on every rank: they share rank zero's run directory.
+        default = os.environ.get(_RUN_DIR_ENV) or Path("runs") / f"{recipe_name}-{stamp}"
+        run_dir = _writable_dir(Path(opts.out or default))
+        os.environ[_RUN_DIR_ENV] = str(run_dir)
+        args = [*_recipe_args(opts, recipe, run_dir), *extra]
+        resume_from = None
     cli = _lightning_cli(args, run=False)
-    (run_dir / "config.yaml").write_text(cli.parser.dump(cli.config, skip_none=False))
+    if not opts.resume and _rank_zero():
+        (run_dir / "config.yaml").write_text(cli.parser.dump(cli.config, skip_none=False))
+        (run_dir / "run.json").write_text(json.dumps({"recipe": recipe_name, "argv": list(argv)}))
     trainer, model, datamodule = cli.trainer, cli.model, cli.datamodule
-    _print_plan(model, datamodule, recipe.stem, run_dir)
+    _print_plan(model, datamodule, recipe_name, run_dir)
 
     start = time.perf_counter()
-    trainer.fit(model, datamodule=datamodule)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from)
     fit_seconds = time.perf_counter() - start
     checkpoint = trainer.checkpoint_callback
     best = checkpoint.best_model_path if checkpoint is not None else ""
     tested = trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)
-    metrics = _metrics_record(trainer, model, datamodule, tested, recipe.stem, fit_seconds, best)
+    metrics = _metrics_record(trainer, model, datamodule, tested, recipe_name, fit_seconds, best)
+    if resume_from is not None:
+        metrics["resumed_from"] = str(resume_from)
     if trainer.is_global_zero:
         (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         from tlkit.report import write_run_report
@@ -210,7 +287,7 @@ def _metrics_record(
 def _print_plan(model, datamodule, recipe: str, run_dir: Path) -> None:
     from rich.console import Console
 
-    if int(os.environ.get("LOCAL_RANK", "0")) != 0:
+    if not _rank_zero():
         return
     info = datamodule.describe()
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

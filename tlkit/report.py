@@ -14,6 +14,7 @@ __all__ = [
     "confusion_matrix_png",
     "evaluation_metrics",
     "print_evaluation",
+    "read_logs",
     "write_run_report",
 ]
 
@@ -117,13 +118,29 @@ def _cells(n: int):
     return ((i, j) for i in range(n) for j in range(n))
 
 
-def _read_csv_log(path: Path) -> list[dict[str, float]]:
-    if not path.is_file():
-        return []
-    rows = []
+def _read_csv(path: Path) -> list[dict[str, float]]:
     with open(path, newline="") as handle:
-        for row in csv.DictReader(handle):
-            rows.append({k: float(v) for k, v in row.items() if v not in ("", None)})
+        return [
+            {k: float(v) for k, v in row.items() if v not in ("", None)}
+            for row in csv.DictReader(handle)
+        ]
+
+
+def read_logs(log_dir: Path) -> list[dict[str, float]]:
+    """Rows of ``metrics.csv``, preceded by the parts of earlier, resumed attempts.
+
+    A resumed run repeats the steps after its last checkpoint; those rows of the earlier part
+    are dropped.
+    """
+    parts = sorted(log_dir.glob("metrics.part*.csv"), key=lambda p: int(p.stem[12:] or 0))
+    parts += [log_dir / "metrics.csv"]
+    rows: list[dict[str, float]] = []
+    for part in (p for p in parts if p.is_file()):
+        new = _read_csv(part)
+        steps = [r["step"] for r in new if "step" in r]
+        if steps:
+            rows = [r for r in rows if r.get("step", -1) < min(steps)]
+        rows += new
     return rows
 
 
@@ -215,7 +232,7 @@ def write_run_report(
     run_dir = Path(run_dir)
     plots = run_dir / "plots"
     plots.mkdir(parents=True, exist_ok=True)
-    rows = _read_csv_log(run_dir / "logs" / "metrics.csv")
+    rows = read_logs(run_dir / "logs")
     figures: list[tuple[str, Path | None]] = [
         ("Learning curves", _curves_png(rows, plots / "curves.png")),
         ("Learning rate per param group", _lr_png(rows, plots / "lr.png")),
