@@ -104,6 +104,10 @@ class TransferModule(L.LightningModule):
         gamma: Decay factor of ``exponential`` (per epoch) or ``step`` (per ``step_epochs``).
         step_epochs: Epochs between cuts of the ``step`` scheduler.
         class_names: Class names, stored in checkpoints for prediction.
+        l2_range: With ``optimizer: lbfgs``: the L2 strengths tried, from the first to the last
+            epoch (geometric); each epoch fits the head to convergence on the full batch of
+            cached features, and the best checkpoint by validation accuracy picks the strength.
+        lbfgs_max_iter: L-BFGS iterations per epoch.
     """
 
     def __init__(
@@ -128,6 +132,8 @@ class TransferModule(L.LightningModule):
         gamma: float | None = None,
         step_epochs: int = 10,
         class_names: list[str] | None = None,
+        l2_range: tuple[float, float] = (1.0, 1e-4),
+        lbfgs_max_iter: int = 200,
     ) -> None:
         super().__init__()
         if num_classes < 2:
@@ -142,6 +148,13 @@ class TransferModule(L.LightningModule):
             raise unknown_name("scheduler", scheduler, SCHEDULES)
         self.save_hyperparameters()
         self.strategy: Strategy = create_strategy(strategy, **(strategy_args or {}))
+        if optimizer == "lbfgs" and not self.strategy.frozen_backbone:
+            raise TlkitError(
+                "optimizer lbfgs trains a linear head on cached features: use it with strategy "
+                "linear_probe or probe_stage"
+            )
+        if min(l2_range) < 0 or lbfgs_max_iter < 1:
+            raise TlkitError("l2_range must be >= 0 and lbfgs_max_iter >= 1")
         extra = {} if drop_path_rate is None else {"drop_path_rate": drop_path_rate}
         self.backbone = create_backbone(
             backbone,
@@ -213,6 +226,9 @@ class TransferModule(L.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         self._apply_plan(self.current_epoch)
+        if self.full_batch:
+            # Each epoch solves a new L2 strength from the previous solution: fresh curvature.
+            self.optimizers().optimizer.state.clear()
         seed = os.environ.get("PL_GLOBAL_SEED")
         if seed is not None:
             # Dropout and stochastic depth draw from the global RNG: reseeding it from
@@ -264,9 +280,29 @@ class TransferModule(L.LightningModule):
             return torch.zeros((), device=self.device)
         return 0.5 * strength * torch.stack(terms).sum()
 
+    @property
+    def full_batch(self) -> bool:
+        """True when training wants the whole training set as one batch (L-BFGS)."""
+        return self.hparams.optimizer == "lbfgs"
+
+    def l2_strength(self, epoch: int) -> float:
+        """The L-BFGS head's L2 strength at ``epoch``: geometric over ``l2_range``."""
+        first, last = self.hparams.l2_range
+        epochs = max(int(self.trainer.max_epochs or 1), 1) if self._trainer else 1
+        if epochs == 1 or first == last:
+            return float(first)
+        if min(first, last) == 0:
+            return float(first if epoch < epochs - 1 else last)
+        return float(first * (last / first) ** (epoch / (epochs - 1)))
+
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
         inputs, targets = batch
         loss = self._loss(self(inputs), targets) + self.prior_penalty()
+        if self.full_batch:
+            l2 = self.l2_strength(self.current_epoch)
+            weights = [p for n, p in self.head.named_parameters() if n.endswith("weight")]
+            loss = loss + 0.5 * l2 * sum(w.pow(2).sum() for w in weights)
+            self.log("l2", l2, on_step=False, on_epoch=True)
         self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True)
         return loss
 
@@ -334,6 +370,9 @@ class TransferModule(L.LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
+        if self.full_batch:
+            head = [{"params": list(self.head.parameters())}]
+            return build_optimizer("lbfgs", head, 1.0, lbfgs_max_iter=hp.lbfgs_max_iter)
         optimizer = build_optimizer(
             hp.optimizer, self.param_groups(), hp.lr, hp.weight_decay, hp.momentum
         )

@@ -11,7 +11,7 @@ from tlkit.errors import TlkitError, unknown_name
 
 __all__ = ["OPTIMIZERS", "build_optimizer"]
 
-OPTIMIZERS = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw")
+OPTIMIZERS = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw", "lbfgs")
 
 
 def build_optimizer(
@@ -21,18 +21,21 @@ def build_optimizer(
     weight_decay: float = 0.0,
     momentum: float = 0.9,
     betas: tuple[float, float] = (0.9, 0.999),
+    lbfgs_max_iter: int = 200,
 ) -> torch.optim.Optimizer:
     """Create an optimizer by name.
 
     Args:
         name: ``sgd`` (plain), ``momentum``, ``nesterov``, ``adagrad``, ``rmsprop``, ``adam`` or
-            ``adamw``.
+            ``adamw``, or ``lbfgs`` (full-batch L-BFGS with a strong-Wolfe line search: all
+            groups are merged into one, ``lr`` is 1).
         param_groups: Groups with ``params`` and their own ``lr`` (and any other per-group keys).
         lr: Default learning rate for groups without one.
         weight_decay: Weight decay (decoupled for ``adamw``; L2 in the gradient otherwise). Groups
             may override it.
         momentum: Momentum of ``momentum``, ``nesterov`` and ``rmsprop``.
         betas: Adam betas.
+        lbfgs_max_iter: L-BFGS iterations per ``step`` (one step per full batch).
 
     Returns:
         The optimizer; each group keeps its extra keys (e.g. ``name``).
@@ -53,6 +56,17 @@ def build_optimizer(
         return torch.optim.Adagrad(groups, **common)
     if name == "rmsprop":
         return torch.optim.RMSprop(groups, momentum=momentum, alpha=0.9, eps=1e-3, **common)
+    if name == "lbfgs":
+        params = [p for group in groups for p in group["params"]]
+        return torch.optim.LBFGS(
+            params,
+            lr=1.0,
+            max_iter=lbfgs_max_iter,
+            history_size=20,
+            tolerance_grad=1e-7,
+            tolerance_change=1e-10,
+            line_search_fn="strong_wolfe",
+        )
     if name == "adam":
         return torch.optim.Adam(groups, betas=betas, **common)
     return torch.optim.AdamW(groups, betas=betas, **common)

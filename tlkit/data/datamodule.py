@@ -190,11 +190,20 @@ class TransferDataModule(L.LightningDataModule):
     def _loader(self, name: str, shuffle: bool) -> DataLoader:
         workers = self.num_workers
         dataset = self._dataset(name)
+        batch_size = self.hparams.batch_size
+        model = self.trainer.lightning_module if self.trainer is not None else None
+        if name == "train" and getattr(model, "full_batch", False):
+            if self.extractor is None:
+                raise TlkitError(
+                    "full-batch L-BFGS needs cached features: set --data.augment none and "
+                    "--data.cache_features true"
+                )
+            batch_size = len(dataset)
         if not isinstance(dataset, ImageDataset):
             dataset = EpochKeyed(dataset)
         return DataLoader(
             dataset,
-            batch_size=self.hparams.batch_size,
+            batch_size=batch_size,
             sampler=EpochSampler(len(dataset), self.hparams.seed, shuffle=shuffle),
             num_workers=workers,
             persistent_workers=workers > 0,
