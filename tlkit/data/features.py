@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from rich.progress import Progress
 from safetensors.torch import load_file, save_file
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from tlkit.utils import atomic_path, rank_zero_print
 
@@ -69,7 +69,8 @@ def cached_features(
         dataset: Yields ``(image tensor, label)``; its transform must be deterministic.
         identity: Plain data naming the data and transform (hashed into the cache key together
             with ``extractor.key``).
-        cache_dir: Where the cache lives; ``None`` keeps the features in memory only.
+        cache_dir: Where the cache lives; ``None`` keeps the features in memory only. Under
+            DDP every rank extracts its shard, the shards are gathered, rank zero writes.
         batch_size: Inference batch size.
         num_workers: DataLoader workers for decoding.
         device: Where the extractor runs.
@@ -81,26 +82,54 @@ def cached_features(
     blob = json.dumps({"extractor": extractor.key, **identity}, sort_keys=True, default=str)
     key = hashlib.sha256(blob.encode()).hexdigest()[:24]
     path = None if cache_dir is None else Path(cache_dir) / f"{key}.safetensors"
-    if path is not None and path.is_file():
+    rank, world = _rank_and_world()
+    hit = [path is not None and path.is_file()]
+    if world > 1:
+        torch.distributed.broadcast_object_list(hit, src=0)  # every rank takes rank zero's path
+    if hit[0]:
         try:
             tensors = load_file(str(path))
             rank_zero_print(
                 f"reusing cached {description} ({len(tensors['labels'])} items): {path}"
             )
             return TensorDataset(tensors["features"], tensors["labels"])
-        except Exception:
-            path.unlink(missing_ok=True)
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, shuffle=False)
+        except Exception:  # a damaged cache file is recomputed, never trusted
+            if rank == 0:
+                path.unlink(missing_ok=True)
+    shard = Subset(dataset, range(rank, len(dataset), world)) if world > 1 else dataset
+    loader = DataLoader(shard, batch_size=batch_size, num_workers=num_workers, shuffle=False)
     features, labels = [], []
-    with Progress(transient=True) as progress:
-        task = progress.add_task(f"caching {description}", total=len(dataset))
+    with Progress(transient=True, disable=rank != 0) as progress:
+        task = progress.add_task(f"caching {description}", total=len(shard))
         for images, targets in loader:
             features.append(extractor(images.to(device)).cpu())
             labels.append(targets)
             progress.advance(task, len(targets))
     feats, labs = torch.cat(features).contiguous(), torch.cat(labels).long()
-    if path is not None:
+    if world > 1:
+        feats, labs = _gather_shards(feats, labs, len(dataset), world)
+    if path is not None and rank == 0:
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp:
             save_file({"features": feats, "labels": labs}, str(tmp), metadata={"key": blob})
     return TensorDataset(feats, labs)
+
+
+def _rank_and_world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _gather_shards(
+    feats: torch.Tensor, labels: torch.Tensor, total: int, world: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reassemble strided shards (rank r holds items r, r+world, ...) on every rank."""
+    gathered: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * world
+    torch.distributed.all_gather_object(gathered, (feats, labels))
+    out_feats = torch.empty((total, feats.shape[1]), dtype=feats.dtype)
+    out_labels = torch.empty(total, dtype=torch.long)
+    for rank, (shard_feats, shard_labels) in enumerate(gathered):
+        out_feats[rank::world] = shard_feats
+        out_labels[rank::world] = shard_labels
+    return out_feats, out_labels
