@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Run every benchmark (about 10-15 minutes on 2 CPU cores) and assemble bench/RESULTS.md.
+# Run it on an otherwise idle machine; each script measures its contenders interleaved.
+set -euo pipefail
+cd "$(dirname "$0")"
+PY=${PYTHON:-python}
+$PY overhead.py
+$PY cache.py
+$PY floor.py
+$PY memory.py
+$PY precision.py
+$PY assemble.py
