@@ -108,6 +108,8 @@ class TransferModule(L.LightningModule):
             epoch (geometric); each epoch fits the head to convergence on the full batch of
             cached features, and the best checkpoint by validation accuracy picks the strength.
         lbfgs_max_iter: L-BFGS iterations per epoch.
+        channels_last: Run the backbone in channels-last memory format (faster convolutions
+            on some CPUs and on GPUs with bf16; measured in ``bench/precision.py``).
     """
 
     def __init__(
@@ -134,6 +136,7 @@ class TransferModule(L.LightningModule):
         class_names: list[str] | None = None,
         l2_range: tuple[float, float] = (1.0, 1e-4),
         lbfgs_max_iter: int = 200,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
         if num_classes < 2:
@@ -164,6 +167,8 @@ class TransferModule(L.LightningModule):
             trust_weights=trust_weights,
             **extra,
         )
+        if channels_last:
+            self.backbone = self.backbone.to(memory_format=torch.channels_last)
         self.weights_source = weights_source(backbone, weights, pretrained)
         self.groups = layer_groups(self.backbone)
         stage = self.strategy.feature_stage
@@ -239,6 +244,8 @@ class TransferModule(L.LightningModule):
     # --- forward -----------------------------------------------------------------------
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Pooled backbone features the head reads (from ``feature_stage`` when set)."""
+        if self.hparams.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.backbone_frozen):
             return pooled_features(self.backbone, images, self.strategy.feature_stage)
 

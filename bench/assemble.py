@@ -1,0 +1,36 @@
+"""Assemble bench/RESULTS.md from the sections the benchmarks wrote to bench/results/."""
+
+from __future__ import annotations
+
+import json
+
+from common import RESULTS, machine
+
+ORDER = ["overhead", "cache", "floor", "memory", "precision", "ensemble", "quadrants"]
+
+
+def main() -> None:
+    sections = sorted(RESULTS.glob("*.md"), key=lambda p: [*ORDER, p.stem].index(p.stem))
+    info = machine()
+    for path in RESULTS.glob("*.json"):
+        info = json.loads(path.read_text()).get("machine", info)
+        break
+    head = [
+        "# Benchmark results",
+        "",
+        "Each figure is a ratio measured side by side in one run (contenders interleaved,",
+        "medians), so it survives the noise of a shared machine. Rerun everything with",
+        "`bench/run_all.sh` (about 15 minutes on 2 CPU cores) or one script with the command",
+        "in its section.",
+        "",
+        f"Machine: {info['cores']} CPU cores, torch {info['torch']} with {info['torch_threads']} "
+        f"threads, Python {info['python']}, GPU: {info['gpu'] or 'none'}.",
+        "",
+    ]
+    body = [p.read_text().strip() + "\n" for p in sections]
+    (RESULTS.parent / "RESULTS.md").write_text("\n".join(head) + "\n" + "\n".join(body))
+    print(f"wrote {RESULTS.parent / 'RESULTS.md'} from {len(sections)} sections")
+
+
+if __name__ == "__main__":
+    main()
