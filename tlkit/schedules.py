@@ -7,12 +7,23 @@ easy to test, plot and reuse in callbacks.
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Callable
 
 from tlkit.errors import TlkitError, unknown_name
 
-__all__ = ["SCHEDULES", "constant", "cosine", "exponential", "make_schedule", "step", "with_warmup"]
+__all__ = [
+    "SCHEDULES",
+    "constant",
+    "cosine",
+    "cycle_bounds",
+    "cyclic_cosine",
+    "exponential",
+    "make_schedule",
+    "step",
+    "with_warmup",
+]
 
 Schedule = Callable[[int, int], float]
 
@@ -36,6 +47,28 @@ def exponential(step: int, total: int, gamma: float = 0.9, steps_per_epoch: int 
 def step(step: int, total: int, gamma: float = 0.1, every: int = 1) -> float:
     """``gamma ** floor(step / every)``: a staircase cut by ``gamma`` every ``every`` steps."""
     return gamma ** (step // max(every, 1))
+
+
+def cycle_bounds(total: int, cycles: int) -> list[int]:
+    """First step of each of ``cycles`` near-equal cycles over ``total`` steps, then ``total``.
+
+    Cycle ``c`` (0-based) covers steps ``bounds[c] .. bounds[c + 1] - 1``.
+    """
+    cycles = max(int(cycles), 1)
+    return [c * int(total) // cycles for c in range(cycles + 1)]
+
+
+def cyclic_cosine(step: int, total: int, cycles: int, final: float = 0.0) -> float:
+    """Cosine annealing with warm restarts: ``cycles`` equal cycles, each 1 -> ``final``.
+
+    The schedule of snapshot ensembles (Huang et al. 2017) and SGDR without cycle growth: every
+    cycle restarts at 1 and anneals along half a cosine towards ``final``.
+    """
+    bounds = cycle_bounds(total, cycles)
+    index = bisect.bisect_right(bounds, step) - 1
+    index = min(max(index, 0), len(bounds) - 2)
+    start, end = bounds[index], bounds[index + 1]
+    return cosine(step - start, end - start, final)
 
 
 def with_warmup(schedule: Schedule, warmup: int) -> Schedule:
