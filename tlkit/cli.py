@@ -239,10 +239,13 @@ def finetune(argv: Sequence[str]) -> int:
     start = time.perf_counter()
     trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from)
     fit_seconds = time.perf_counter() - start
+    last_val = trainer.callback_metrics.get("val_acc")
     checkpoint = trainer.checkpoint_callback
     best = checkpoint.best_model_path if checkpoint is not None else ""
     tested = trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)
-    metrics = _metrics_record(trainer, model, datamodule, tested, recipe_name, fit_seconds, best)
+    metrics = _metrics_record(
+        trainer, model, datamodule, tested, recipe_name, fit_seconds, best, last_val
+    )
     if resume_from is not None:
         metrics["resumed_from"] = str(resume_from)
     if trainer.is_global_zero:
@@ -262,15 +265,14 @@ def finetune(argv: Sequence[str]) -> int:
 
 
 def _metrics_record(
-    trainer, model, datamodule, tested, recipe, fit_seconds, best
+    trainer, model, datamodule, tested, recipe, fit_seconds, best, last_val
 ) -> dict[str, Any]:
+    """metrics.json: test metrics, the best (or, without a monitor, the last) val_acc, facts."""
     record: dict[str, Any] = {k: float(v) for k, v in (tested[0] if tested else {}).items()}
     checkpoint = trainer.checkpoint_callback
     score = checkpoint.best_model_score if checkpoint is not None else None
-    val = trainer.callback_metrics.get("val_acc")
-    record["val_acc"] = (
-        float(score) if score is not None else (float(val) if val is not None else None)
-    )
+    score = score if score is not None else last_val
+    record["val_acc"] = float(score) if score is not None else None
     record.update(
         epochs=int(trainer.current_epoch),
         fit_seconds=round(fit_seconds, 3),
