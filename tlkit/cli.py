@@ -237,12 +237,14 @@ def finetune(argv: Sequence[str]) -> int:
     _print_plan(model, datamodule, recipe_name, run_dir)
 
     start = time.perf_counter()
-    trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
     fit_seconds = time.perf_counter() - start
     last_val = trainer.callback_metrics.get("val_acc")
     checkpoint = trainer.checkpoint_callback
     best = checkpoint.best_model_path if checkpoint is not None else ""
-    tested = trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+    tested = trainer.test(
+        model, datamodule=datamodule, ckpt_path=best or None, verbose=False, weights_only=True
+    )
     metrics = _metrics_record(
         trainer, model, datamodule, tested, recipe_name, fit_seconds, best, last_val
     )

@@ -310,6 +310,12 @@ class TransferModule(L.LightningModule):
             weights = [p for n, p in self.head.named_parameters() if n.endswith("weight")]
             loss = loss + 0.5 * l2 * sum(w.pow(2).sum() for w in weights)
             self.log("l2", l2, on_step=False, on_epoch=True)
+        if not torch.isfinite(loss):
+            raise TlkitError(
+                f"training diverged at epoch {self.current_epoch}, step {self.global_step}: the "
+                f"loss is {loss.item()}; lower the learning rate (now {self.hparams.lr}) or check "
+                "the data; the last good checkpoint is kept (resume with --resume)"
+            )
         self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True)
         return loss
 
