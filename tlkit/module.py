@@ -255,8 +255,11 @@ class TransferModule(L.LightningModule):
         return self.head(features)
 
     def frozen_feature_extractor(self) -> FeatureExtractor | None:
-        """The frozen ``images -> features`` map when the backbone never trains, else ``None``."""
-        if not self.strategy.frozen_backbone:
+        """The frozen ``images -> features`` map when the backbone never changes, else ``None``.
+
+        ``bn: train`` lets BatchNorm statistics move during training, so features cannot be cached.
+        """
+        if not self.strategy.frozen_backbone or self.strategy.bn == "train":
             return None
         key = (
             f"{self.hparams.backbone}:{tensor_digest(self.backbone)}:{self.strategy.feature_stage}"
