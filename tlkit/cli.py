@@ -225,11 +225,18 @@ def finetune(argv: Sequence[str]) -> int:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         # DDP re-launches this command on every rank: they share rank zero's run directory.
         default = os.environ.get(_RUN_DIR_ENV) or Path("runs") / f"{recipe_name}-{stamp}"
-        run_dir = _writable_dir(Path(opts.out or default))
+        run_dir = Path(opts.out or default)
+        fresh = not run_dir.exists()
+        _writable_dir(run_dir)
         os.environ[_RUN_DIR_ENV] = str(run_dir)
         args = [*_recipe_args(opts, recipe, run_dir), *extra]
         resume_from = None
-    cli = _lightning_cli(args, run=False)
+    try:
+        cli = _lightning_cli(args, run=False)
+    except BaseException:
+        if not opts.resume and fresh and not any(run_dir.iterdir()):
+            run_dir.rmdir()  # a run that never started leaves nothing behind
+        raise
     if not opts.resume and _rank_zero():
         (run_dir / "config.yaml").write_text(cli.parser.dump(cli.config, skip_none=False))
         (run_dir / "run.json").write_text(json.dumps({"recipe": recipe_name, "argv": list(argv)}))

@@ -393,6 +393,8 @@ class TransferModule(L.LightningModule):
             hp.optimizer, self.param_groups(), hp.lr, hp.weight_decay, hp.momentum
         )
         trainer = self.trainer
+        if not math.isfinite(trainer.estimated_stepping_batches):
+            raise TlkitError("training has no end: set --trainer.max_epochs or --trainer.max_steps")
         total = int(trainer.estimated_stepping_batches)
         batches = trainer.num_training_batches
         if math.isfinite(batches):
