@@ -1,4 +1,4 @@
-"""Layer groups and fine-tune strategies."""
+"""Layer groups and fine-tune strategies (``tlkit.strategies.advise`` picks one from the data)."""
 
 from tlkit.strategies.base import (
     BN_POLICIES,
@@ -13,6 +13,7 @@ from tlkit.strategies.base import (
     Strategy,
     create_strategy,
     register_strategy,
+    strategy_settings,
 )
 from tlkit.strategies.groups import LayerGroup, layer_groups
 
@@ -31,4 +32,5 @@ __all__ = [
     "create_strategy",
     "layer_groups",
     "register_strategy",
+    "strategy_settings",
 ]

@@ -27,11 +27,30 @@ __all__ = [
     "Strategy",
     "create_strategy",
     "register_strategy",
+    "strategy_settings",
 ]
 
 STRATEGIES: dict[str, type[Strategy]] = {}
 PRIORS = ("none", "zero", "pretrained")
 BN_POLICIES = ("frozen_eval", "eval", "train")
+
+
+def _number(name: str, value: Any) -> float:
+    """``value`` as a float, or a TlkitError naming the setting."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TlkitError(f"{name} must be a number, got {value!r}")
+    return float(value)
+
+
+def _integer(name: str, value: Any, minimum: int | None = None) -> int:
+    """``value`` as an int (at least ``minimum``), or a TlkitError naming the setting."""
+    whole = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+    if isinstance(value, bool) or not whole:
+        raise TlkitError(f"{name} must be an integer, got {value!r}")
+    value = int(value)
+    if minimum is not None and value < minimum:
+        raise TlkitError(f"{name} must be >= {minimum}, got {value}")
+    return value
 
 
 def register_strategy(name: str) -> Callable[[type[Strategy]], type[Strategy]]:
@@ -76,11 +95,14 @@ class Strategy:
         layer_decay: float = 1.0,
     ) -> None:
         if prior not in PRIORS:
-            raise unknown_name("prior", prior, PRIORS)
+            raise unknown_name("prior", str(prior), PRIORS)
         if bn not in BN_POLICIES:
-            raise unknown_name("BatchNorm policy", bn, BN_POLICIES)
-        if prior_strength is not None and prior_strength < 0:
-            raise TlkitError(f"prior_strength must be >= 0, got {prior_strength}")
+            raise unknown_name("BatchNorm policy", str(bn), BN_POLICIES)
+        if prior_strength is not None:
+            prior_strength = _number("prior_strength", prior_strength)
+            if prior_strength < 0:
+                raise TlkitError(f"prior_strength must be >= 0, got {prior_strength}")
+        layer_decay = _number("layer_decay", layer_decay)
         if not 0 < layer_decay <= 1:
             raise TlkitError(f"layer_decay must be in (0, 1], got {layer_decay}")
         self.prior = prior
@@ -97,9 +119,8 @@ class Strategy:
         return [self.layer_decay ** (num_groups - i) for i in range(num_groups)]
 
     def describe(self) -> dict[str, Any]:
-        """The strategy's name and settings as plain data."""
-        params = inspect.signature(type(self).__init__).parameters
-        return {"name": self.name, **{k: getattr(self, k) for k in params if k != "self"}}
+        """The strategy's name and every setting (its own and the base class's) as plain data."""
+        return {"name": self.name, **{k: getattr(self, k) for k in _settings_of(type(self))}}
 
 
 @register_strategy("linear_probe")
@@ -128,7 +149,7 @@ class ProbeStage(Strategy):
 
     def __init__(self, stage: int = -2, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.stage = int(stage)
+        self.stage = _integer("probe_stage: stage", stage)
         self.feature_stage = self.stage
 
     def trainable(self, epoch: int, num_groups: int) -> list[bool]:
@@ -146,9 +167,7 @@ class Partial(Strategy):
 
     def __init__(self, k: int = 2, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        if k < 0:
-            raise TlkitError(f"partial: k must be >= 0, got {k}")
-        self.k = int(k)
+        self.k = _integer("partial: k", k, minimum=0)
 
     def trainable(self, epoch: int, num_groups: int) -> list[bool]:
         return [i >= num_groups - self.k for i in range(num_groups)]
@@ -186,9 +205,9 @@ class Gradual(Strategy):
 
     def __init__(self, every: int = 1, start: int = 1, min_group: int = 0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        if every < 1 or start < 0 or min_group < 0:
-            raise TlkitError("gradual: every must be >= 1, start and min_group >= 0")
-        self.every, self.start, self.min_group = int(every), int(start), int(min_group)
+        self.every = _integer("gradual: every", every, minimum=1)
+        self.start = _integer("gradual: start", start, minimum=0)
+        self.min_group = _integer("gradual: min_group", min_group, minimum=0)
 
     def trainable(self, epoch: int, num_groups: int) -> list[bool]:
         count = 0 if epoch < self.start else 1 + (epoch - self.start) // self.every
@@ -208,23 +227,46 @@ class LPFT(Strategy):
 
     def __init__(self, probe_epochs: int = 5, layer_decay: float = 1.0, **kwargs: Any) -> None:
         super().__init__(layer_decay=layer_decay, **kwargs)
-        if probe_epochs < 0:
-            raise TlkitError(f"lp_ft: probe_epochs must be >= 0, got {probe_epochs}")
-        self.probe_epochs = int(probe_epochs)
+        self.probe_epochs = _integer("lp_ft: probe_epochs", probe_epochs, minimum=0)
 
     def trainable(self, epoch: int, num_groups: int) -> list[bool]:
         return [epoch >= self.probe_epochs] * num_groups
 
 
-def create_strategy(name: str | Strategy, **kwargs: Any) -> Strategy:
-    """Build a registered strategy by name; unknown names and settings give a clear error."""
-    if isinstance(name, Strategy):
-        return name
+def _settings_of(cls: type[Strategy]) -> list[str]:
+    accepted: list[str] = []
+    for klass in cls.__mro__:
+        if "__init__" in vars(klass) and issubclass(klass, Strategy):
+            for key, param in inspect.signature(klass.__init__).parameters.items():
+                if key != "self" and param.kind not in (param.VAR_KEYWORD, param.VAR_POSITIONAL):
+                    accepted.append(key)
+    return list(dict.fromkeys(accepted))
+
+
+def strategy_settings(name: str) -> list[str]:
+    """The settings a registered strategy accepts (its own and the base class's)."""
     if name not in STRATEGIES:
         raise unknown_name("strategy", name, STRATEGIES)
-    try:
-        return STRATEGIES[name](**kwargs)
-    except TypeError as err:
-        raise TlkitError(
-            f"strategy '{name}': {err}; see `tlkit recipes show` for examples"
-        ) from err
+    return _settings_of(STRATEGIES[name])
+
+
+def create_strategy(name: str | Strategy, **kwargs: Any) -> Strategy:
+    """Build a registered strategy by name; unknown names and settings give a clear error.
+
+    Args:
+        name: A registered strategy name (see :data:`STRATEGIES`) or a ready strategy.
+        **kwargs: Its settings, e.g. ``k=2`` for ``partial`` or ``prior="pretrained"``.
+
+    Returns:
+        The strategy.
+
+    Raises:
+        TlkitError: For an unknown strategy or setting, or an invalid value.
+    """
+    if isinstance(name, Strategy):
+        return name
+    accepted = strategy_settings(name)
+    for key in kwargs:
+        if key not in accepted:
+            raise unknown_name(f"{name} setting", key, accepted)
+    return STRATEGIES[name](**kwargs)
