@@ -19,6 +19,7 @@ __all__ = ["main"]
 
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 _RUN_DIR_ENV = "TLKIT_RUN_DIR"
+_AUTO_ENV = "TLKIT_AUTO_DECISION"
 
 
 def _rank_zero() -> bool:
@@ -31,6 +32,7 @@ USAGE = """usage: tlkit COMMAND [options]
 
 commands:
   finetune   fine-tune with a recipe, test, write a run directory (start here)
+  advise     measure data size and similarity: which matrix cell, which recipe
   recipes    list the recipes, or `tlkit recipes show NAME`
   predict    top-k labels for images (CSV), one checkpoint or an ensemble
   evaluate   metrics, per-class accuracy, confusion matrix on labelled data
@@ -41,6 +43,8 @@ commands:
 example:
   tlkit finetune --recipe small-similar
   tlkit finetune --recipe small-similar --data path/to/images --epochs 5
+  tlkit finetune --recipe auto --data path/to/images
+  tlkit advise --data path/to/images --json
 
 options for every command: --debug (show tracebacks)
 """
@@ -109,7 +113,11 @@ def _finetune_parser() -> argparse.ArgumentParser:
         "--trainer.*, --model.*, --data.* option is passed to the Lightning CLI.",
         epilog="example: tlkit finetune --recipe small-similar --data path/to/images --epochs 5",
     )
-    parser.add_argument("--recipe", default="small-similar", help="recipe name or YAML path")
+    parser.add_argument(
+        "--recipe",
+        default="small-similar",
+        help="recipe name, YAML path, or auto (measure the data with `tlkit advise` first)",
+    )
     parser.add_argument("--data", help="demo | fashion-mnist | image folder | IDX folder | CSV")
     parser.add_argument("--backbone", help="timm model name (default: the recipe's)")
     parser.add_argument("--weights", help="backbone weight file (.pth, .safetensors, .ckpt)")
@@ -205,6 +213,28 @@ def _resume_args(opts: argparse.Namespace) -> tuple[Path, list[str], str]:
     return run_dir, ["--config", str(config)], recipe_name
 
 
+def _auto_decision(opts: argparse.Namespace) -> dict[str, Any]:
+    """``--recipe auto``: measure the data like ``tlkit advise`` (once, shared with DDP ranks)."""
+    from rich.console import Console
+
+    from tlkit.advise_cli import auto_recipe
+
+    saved = os.environ.get(_AUTO_ENV)
+    if saved:
+        return json.loads(saved)
+    _, report = auto_recipe(
+        opts.data or "demo", opts.backbone, opts.image_size, opts.seed, shots=opts.shots
+    )
+    os.environ[_AUTO_ENV] = json.dumps(report)
+    if _rank_zero():
+        reason = (report.get("evidence") or {}).get("reason", "")
+        Console(stderr=True).print(
+            f"[bold]tlkit advise[/]: cell [cyan]{report['cell']}[/] -> recipe "
+            f"[cyan]{report['recipe']}[/]. {reason}"
+        )
+    return report
+
+
 def finetune(argv: Sequence[str]) -> int:
     """``tlkit finetune``: fit, test, write the run directory, print the results."""
     opts, extra = _finetune_parser().parse_known_args(argv)
@@ -220,7 +250,8 @@ def finetune(argv: Sequence[str]) -> int:
     else:
         from tlkit.recipes import recipe_path
 
-        recipe = recipe_path(opts.recipe)
+        decision = _auto_decision(opts) if opts.recipe == "auto" else None
+        recipe = recipe_path(decision["recipe"] if decision else opts.recipe)
         recipe_name = recipe.stem
         stamp = time.strftime("%Y%m%d-%H%M%S")
         # DDP re-launches this command on every rank: they share rank zero's run directory.
@@ -230,6 +261,11 @@ def finetune(argv: Sequence[str]) -> int:
         _writable_dir(run_dir)
         os.environ[_RUN_DIR_ENV] = str(run_dir)
         args = [*_recipe_args(opts, recipe, run_dir), *extra]
+        if decision is not None:
+            if decision.get("probe_stage") is not None and recipe_name == "small-different":
+                args += ["--model.strategy_args.stage", str(decision["probe_stage"])]
+            if _rank_zero():
+                (run_dir / "advise.json").write_text(json.dumps(decision, indent=2) + "\n")
         resume_from = None
     try:
         cli = _lightning_cli(args, run=False)
@@ -366,6 +402,10 @@ def _dispatch(argv: list[str]) -> int:
         return finetune(rest)
     if command == "recipes":
         return recipes_command(rest)
+    if command == "advise":
+        from tlkit.advise_cli import advise_command
+
+        return advise_command(rest)
     lightning_predict = command == "predict" and any(a.startswith("--config") for a in rest)
     if command in ("predict", "evaluate", "export") and not lightning_predict:
         from tlkit import predict_cli
