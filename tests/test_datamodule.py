@@ -177,3 +177,24 @@ def test_no_feature_cache_when_the_backbone_can_change(make_shapes, cache_dir):
         images, _ = next(iter(trainer.train_dataloader))
         assert images.shape[1:] == (3, 32, 32), settings
     assert not list(cache_dir.rglob("*.safetensors"))
+
+
+def test_augmented_views_are_cached_and_served_by_epoch(make_shapes, cache_dir):
+    folder = make_shapes(per_class=6)
+    torch.manual_seed(0)
+    module = TransferModule(3, backbone="test_efficientnet", pretrained=False)
+    dm = TransferDataModule(
+        str(folder), backbone="test_efficientnet", image_size=32, augment="light", feature_views=2
+    )
+    trainer = _fit(module, dm)
+    train = trainer.train_dataloader.dataset
+    assert len(train) == len(dm.datasets["train"])
+    view0, label0 = train[(0, 0)]
+    view1, label1 = train[(1, 0)]
+    assert view0.ndim == 1 and label0 == label1
+    assert not torch.equal(view0, view1)  # two different augmentations of the same image
+    assert torch.equal(train[(2, 0)][0], view0)  # epoch 2 serves view 0 again
+    images = dm.datasets["train"]
+    with torch.no_grad():
+        expected = module.eval().encode(images[(1, 0)][0].unsqueeze(0))[0]
+    assert torch.allclose(view1, expected, atol=1e-5)

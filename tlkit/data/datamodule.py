@@ -13,7 +13,12 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 
 from tlkit.data.datasets import EpochKeyed, EpochSampler, ImageDataset
-from tlkit.data.features import FeatureExtractor, cached_features, default_cache_dir
+from tlkit.data.features import (
+    FeatureExtractor,
+    ViewFeatures,
+    cached_features,
+    default_cache_dir,
+)
 from tlkit.data.images import probe_image
 from tlkit.data.sources import DataSource, Split, load_source, sample_shots, split_stratified
 from tlkit.data.transforms import (
@@ -51,6 +56,9 @@ class TransferDataModule(L.LightningDataModule):
         cache_features: Let a model with a frozen backbone train on cached features (only when
             the training transform is deterministic, i.e. ``augment: none``).
         cache_dir: Feature cache directory (default ``$TLKIT_CACHE_DIR`` or ``~/.cache/tlkit``).
+        feature_views: With augmentation and a frozen backbone: cache this many augmented views
+            of every training image (epoch ``e`` trains on view ``e % feature_views``), so
+            augmentation survives caching. 1 (default) caches only un-augmented features.
     """
 
     def __init__(
@@ -68,12 +76,15 @@ class TransferDataModule(L.LightningDataModule):
         strict: bool = False,
         cache_features: bool = True,
         cache_dir: str | None = None,
+        feature_views: int = 1,
     ) -> None:
         super().__init__()
         if augment not in AUGMENT_PRESETS:
             raise unknown_name("augmentation preset", augment, AUGMENT_PRESETS)
         if batch_size <= 0:
             raise TlkitError(f"batch size must be positive, got {batch_size}; pass e.g. 32")
+        if feature_views < 1:
+            raise TlkitError(f"feature_views must be >= 1, got {feature_views}")
         if shots is not None and shots <= 0:
             raise TlkitError(f"--shots must be positive, got {shots}")
         for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
@@ -126,7 +137,8 @@ class TransferDataModule(L.LightningDataModule):
         splits = {"train": src.train, "val": src.val, "test": src.test}
         keep = len(src.train) + len(src.val) + len(src.test) <= _KEEP_DECODED_LIMIT
         model = self.trainer.lightning_module if self.trainer is not None else None
-        want_cache = self.hparams.cache_features and self.hparams.augment == "none"
+        hp = self.hparams
+        want_cache = hp.cache_features and (hp.augment == "none" or hp.feature_views > 1)
         get_extractor = getattr(model, "frozen_feature_extractor", None)
         self.extractor = get_extractor() if (want_cache and callable(get_extractor)) else None
         for name, split in splits.items():
@@ -174,7 +186,16 @@ class TransferDataModule(L.LightningDataModule):
             return dataset
         cache_dir = self.hparams.cache_dir
         content = DataSource(classes=self.source.classes, train=dataset.split).fingerprint()
-        identity = {"data": content, "split": name, "transform": self.spec.describe()}
+        views = (
+            self.hparams.feature_views if name == "train" and self.hparams.augment != "none" else 1
+        )
+        identity = {
+            "data": content,
+            "split": name,
+            "transform": dataset.transform.to_dict(),
+            "views": views,
+            "seed": self.hparams.seed if views > 1 else None,
+        }
         model = self.trainer.lightning_module
         return cached_features(
             self.extractor,
@@ -185,6 +206,7 @@ class TransferDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             device=model.device if model is not None else torch.device("cpu"),
             description=f"{name} features",
+            views=views,
         )
 
     def _loader(self, name: str, shuffle: bool) -> DataLoader:
@@ -199,7 +221,7 @@ class TransferDataModule(L.LightningDataModule):
                     "--data.cache_features true"
                 )
             batch_size = len(dataset)
-        if not isinstance(dataset, ImageDataset):
+        if not isinstance(dataset, (ImageDataset, ViewFeatures)):
             dataset = EpochKeyed(dataset)
         return DataLoader(
             dataset,

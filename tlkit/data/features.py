@@ -16,7 +16,13 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from tlkit.utils import atomic_path, rank_zero_print
 
-__all__ = ["FeatureExtractor", "cached_features", "default_cache_dir", "tensor_digest"]
+__all__ = [
+    "FeatureExtractor",
+    "ViewFeatures",
+    "cached_features",
+    "default_cache_dir",
+    "tensor_digest",
+]
 
 
 def default_cache_dir() -> Path:
@@ -61,7 +67,8 @@ def cached_features(
     num_workers: int = 0,
     device: torch.device | str = "cpu",
     description: str = "features",
-) -> TensorDataset:
+    views: int = 1,
+) -> Dataset:
     """Features of every item of ``dataset``, from the disk cache or computed once.
 
     Args:
@@ -75,6 +82,9 @@ def cached_features(
         num_workers: DataLoader workers for decoding.
         device: Where the extractor runs.
         description: Label of the progress bar.
+        views: Augmented views per item: view ``v`` of item ``i`` is ``dataset[(v, i)]``
+            (a seeded augmentation); with ``views > 1`` the result is indexed by
+            ``(epoch, i)`` and serves view ``epoch % views``.
 
     Returns:
         A dataset of ``(feature vector, label)``.
@@ -92,11 +102,12 @@ def cached_features(
             rank_zero_print(
                 f"reusing cached {description} ({len(tensors['labels'])} items): {path}"
             )
-            return TensorDataset(tensors["features"], tensors["labels"])
+            return _feature_dataset(tensors["features"], tensors["labels"], views)
         except Exception:  # a damaged cache file is recomputed, never trusted
             if rank == 0:
                 path.unlink(missing_ok=True)
-    shard = Subset(dataset, range(rank, len(dataset), world)) if world > 1 else dataset
+    source = dataset if views == 1 else _Views(dataset, views)
+    shard = Subset(source, range(rank, len(source), world)) if world > 1 else source
     loader = DataLoader(shard, batch_size=batch_size, num_workers=num_workers, shuffle=False)
     features, labels = [], []
     with Progress(transient=True, disable=rank != 0) as progress:
@@ -107,12 +118,46 @@ def cached_features(
             progress.advance(task, len(targets))
     feats, labs = torch.cat(features).contiguous(), torch.cat(labels).long()
     if world > 1:
-        feats, labs = _gather_shards(feats, labs, len(dataset), world)
+        feats, labs = _gather_shards(feats, labs, len(source), world)
     if path is not None and rank == 0:
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp:
             save_file({"features": feats, "labels": labs}, str(tmp), metadata={"key": blob})
-    return TensorDataset(feats, labs)
+    return _feature_dataset(feats, labs, views)
+
+
+class _Views(Dataset):
+    """Item ``v * n + i`` is view ``v`` of item ``i``: ``dataset[(v, i)]``."""
+
+    def __init__(self, dataset: Dataset, views: int) -> None:
+        self.dataset, self.views, self.size = dataset, views, len(dataset)
+
+    def __len__(self) -> int:
+        return self.views * self.size
+
+    def __getitem__(self, index: int):
+        return self.dataset[divmod(index, self.size)]
+
+
+class ViewFeatures(Dataset):
+    """Features of ``views`` augmented views: key ``(epoch, i)`` gives view ``epoch % views``."""
+
+    def __init__(self, features: torch.Tensor, labels: torch.Tensor, views: int) -> None:
+        self.size = len(labels) // views
+        self.features = features.view(views, self.size, -1)
+        self.labels = labels[: self.size]
+        self.views = views
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, key: int | tuple[int, int]):
+        epoch, index = key if isinstance(key, tuple) else (0, key)
+        return self.features[epoch % self.views, index], self.labels[index]
+
+
+def _feature_dataset(features: torch.Tensor, labels: torch.Tensor, views: int) -> Dataset:
+    return TensorDataset(features, labels) if views == 1 else ViewFeatures(features, labels, views)
 
 
 def _rank_and_world() -> tuple[int, int]:
