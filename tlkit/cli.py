@@ -277,7 +277,7 @@ def finetune(argv: Sequence[str]) -> int:
         (run_dir / "config.yaml").write_text(cli.parser.dump(cli.config, skip_none=False))
         (run_dir / "run.json").write_text(json.dumps({"recipe": recipe_name, "argv": list(argv)}))
     trainer, model, datamodule = cli.trainer, cli.model, cli.datamodule
-    _print_plan(model, datamodule, recipe_name, run_dir)
+    _print_plan(model, datamodule, recipe_name, run_dir, int(trainer.max_epochs or 1))
 
     start = time.perf_counter()
     trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
@@ -331,21 +331,33 @@ def _metrics_record(
     return record
 
 
-def _print_plan(model, datamodule, recipe: str, run_dir: Path) -> None:
+def _print_plan(model, datamodule, recipe: str, run_dir: Path, epochs: int) -> None:
+    """Before training: what runs on what, and which layer groups train when, at which LR."""
     from rich.console import Console
+    from rich.table import Table
 
     if not _rank_zero():
         return
     info = datamodule.describe()
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
-    Console(stderr=True).print(
+    console = Console(stderr=True)
+    console.print(
         f"[bold]tlkit[/] recipe [cyan]{recipe}[/], backbone [cyan]{model.hparams.backbone}[/] "
-        f"({model.weights_source}), strategy [cyan]{model.strategy.name}[/]\n"
+        f"({model.weights_source}), strategy [cyan]{model.strategy.name}[/], optimizer "
+        f"[cyan]{model.hparams.optimizer}[/]\n"
         f"data {info['data']}: {info['num_classes']} classes, {info['num_train']} train / "
-        f"{info['num_val']} val / {info['num_test']} test, {info['image_size']} px\n"
-        f"trainable parameters at epoch 0: {trainable:,} of {total:,}; run directory {run_dir}"
+        f"{info['num_val']} val / {info['num_test']} test, {info['image_size']} px; "
+        f"run directory {run_dir}"
     )
+    table = Table(title="fine-tune plan", title_justify="left")
+    for column in ("layer group", "params", "trains", "lr", "BN while frozen"):
+        table.add_column(column, justify="left" if column == "layer group" else "right")
+    for row in model.plan(epochs):
+        start = row["trains_from_epoch"]
+        trains = "never" if start is None else ("always" if start == 0 else f"from epoch {start}")
+        table.add_row(
+            row["group"], f"{row['params']:,}", trains, f"{row['lr']:.2e}", row["bn_while_frozen"]
+        )
+    console.print(table)
 
 
 def _print_results(metrics: dict[str, Any], run_dir: Path) -> None:

@@ -204,6 +204,33 @@ class TransferModule(L.LightningModule):
         if self.training:
             self.train(True)
 
+    def plan(self, epochs: int) -> list[dict[str, Any]]:
+        """The fine-tune plan as plain data: each layer group (shallow to deep, then the head),
+        its size, the first epoch it trains (``None``: never), its LR, and its BatchNorm mode
+        while frozen."""
+        masks = [self.strategy.trainable(e, len(self.groups)) for e in range(max(epochs, 1))]
+        scales = self.strategy.lr_scales(len(self.groups))
+        params = dict(self.backbone.named_parameters())
+        frozen_bn = {"frozen_eval": "eval", "eval": "eval", "train": "train"}[self.strategy.bn]
+        rows = []
+        for i, group in enumerate(self.groups):
+            start = next((e for e, mask in enumerate(masks) if mask[i]), None)
+            rows.append(
+                {
+                    "group": group.name,
+                    "params": sum(params[n].numel() for n in group.params),
+                    "trains_from_epoch": start,
+                    "lr": self.hparams.lr * scales[i],
+                    "bn_while_frozen": frozen_bn,
+                }
+            )
+        head = sum(p.numel() for p in self.head.parameters())
+        rows.append(
+            {"group": "head", "params": head, "trains_from_epoch": 0, "lr": self.hparams.lr,
+             "bn_while_frozen": "-"}
+        )  # fmt: skip
+        return rows
+
     @property
     def backbone_frozen(self) -> bool:
         """True when no backbone parameter trains at the current epoch."""
