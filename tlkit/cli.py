@@ -133,6 +133,9 @@ def _finetune_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", help="run directory (default runs/RECIPE-TIMESTAMP)")
     parser.add_argument("--strict", action="store_true", help="stop on undecodable images")
     parser.add_argument(
+        "--lr-find", action="store_true", help="pick the LR with Lightning's LR range test first"
+    )
+    parser.add_argument(
         "--resume",
         action="store_true",
         help="continue the run in --out from its last checkpoint, with its saved config",
@@ -277,6 +280,13 @@ def finetune(argv: Sequence[str]) -> int:
         (run_dir / "config.yaml").write_text(cli.parser.dump(cli.config, skip_none=False))
         (run_dir / "run.json").write_text(json.dumps({"recipe": recipe_name, "argv": list(argv)}))
     trainer, model, datamodule = cli.trainer, cli.model, cli.datamodule
+    if opts.lr_find and not opts.resume:
+        from tlkit.lr_find import find_lr
+
+        found = find_lr(trainer, model, datamodule, run_dir / "plots" / "lr_find.png")
+        cli.config.model.lr = found
+        if _rank_zero():  # a resumed run must use the LR that was found
+            (run_dir / "config.yaml").write_text(cli.parser.dump(cli.config, skip_none=False))
     _print_plan(model, datamodule, recipe_name, run_dir, int(trainer.max_epochs or 1))
 
     start = time.perf_counter()
@@ -303,7 +313,9 @@ def finetune(argv: Sequence[str]) -> int:
             metrics,
             confusion.tolist() if confusion is not None else None,
             datamodule.class_names,
-            sorted(run_dir.glob("*.png")),
+            sorted(
+                [*run_dir.glob("plots/lr_find.png"), *run_dir.rglob("augmentation-preview.png")]
+            ),
         )
         _print_results(metrics, run_dir)
     return 0

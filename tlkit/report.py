@@ -13,6 +13,7 @@ import torch
 __all__ = [
     "confusion_matrix_png",
     "evaluation_metrics",
+    "lr_find_png",
     "print_evaluation",
     "read_logs",
     "write_run_report",
@@ -187,6 +188,25 @@ def _lr_png(rows: list[dict[str, float]], path: Path) -> Path | None:
     ax.grid(alpha=0.3)
     if len(keys) <= 20:
         ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def lr_find_png(lrs: Sequence[float], losses: Sequence[float], chosen: int, path: Path) -> Path:
+    """The LR range test: smoothed loss against LR (log scale), the chosen LR marked."""
+    plt = _pyplot()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(lrs, losses)
+    ax.plot([lrs[chosen]], [losses[chosen]], "o", color="tab:red", label=f"lr = {lrs[chosen]:.2g}")
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("smoothed training loss")
+    ax.set_title("LR finder")
+    ax.grid(alpha=0.3)
+    ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
