@@ -20,7 +20,7 @@ from torchmetrics.classification import (
 from tlkit.backbones import DEFAULT_BACKBONE, create_backbone, weights_source
 from tlkit.data.datasets import item_seed
 from tlkit.data.features import FeatureExtractor, tensor_digest
-from tlkit.errors import TlkitError, unknown_name
+from tlkit.errors import TlkitError, check_number, check_type, unknown_name
 from tlkit.optim import OPTIMIZERS, build_optimizer
 from tlkit.schedules import SCHEDULES, make_schedule
 from tlkit.strategies import Strategy, create_strategy, layer_groups
@@ -75,6 +75,50 @@ def _metrics(num_classes: int, prefix: str) -> MetricCollection:
     if num_classes > 5:
         metrics["top5"] = MulticlassAccuracy(num_classes, top_k=5, average="micro")
     return MetricCollection(metrics, prefix=prefix)
+
+
+def _check_settings(given: dict[str, Any]) -> None:
+    """Types and ranges of the TransferModule settings, before anything is built from them."""
+    check_number("num_classes", given["num_classes"], integer=True)
+    check_type("backbone", given["backbone"], str, "a timm model name")
+    if given["weights"] is not None:
+        check_type("weights", given["weights"], (str, os.PathLike), "a file path")
+    for name in ("pretrained", "trust_weights", "channels_last"):
+        check_type(name, given[name], bool, "true or false")
+    check_type("strategy", given["strategy"], (str, Strategy), "a strategy name")
+    args = given["strategy_args"]
+    if args is not None and not (isinstance(args, dict) and all(isinstance(k, str) for k in args)):
+        raise TlkitError(f"strategy_args must be a mapping of setting names, got {args!r}")
+    check_number("head_hidden", given["head_hidden"], integer=True, minimum=0)
+    check_number("dropout", given["dropout"], minimum=0, below=1)
+    check_number("label_smoothing", given["label_smoothing"])
+    if given["drop_path_rate"] is not None:
+        check_number("drop_path_rate", given["drop_path_rate"], minimum=0, below=1)
+    for name in ("optimizer", "scheduler"):
+        check_type(name, given[name], str, f"a {name} name")
+    check_number("learning rate", given["lr"])
+    check_number("weight_decay", given["weight_decay"], minimum=0)
+    check_number("momentum", given["momentum"], minimum=0, maximum=1)
+    check_number("warmup_epochs", given["warmup_epochs"], minimum=0)
+    if given["gamma"] is not None:
+        check_number("gamma", given["gamma"], above=0)
+    check_number("step_epochs", given["step_epochs"], integer=True, minimum=1)
+    names = given["class_names"]
+    if names is not None and not (
+        isinstance(names, (list, tuple)) and all(isinstance(n, str) for n in names)
+    ):
+        raise TlkitError(f"class_names must be a list of names, got {names!r}")
+    if names is not None and len(names) != given["num_classes"]:
+        raise TlkitError(
+            f"class_names has {len(names)} names for {given['num_classes']} classes; "
+            "give one name per class"
+        )
+    l2_range = given["l2_range"]
+    if not isinstance(l2_range, (list, tuple)) or len(l2_range) != 2:
+        raise TlkitError(f"l2_range must be a pair (first, last), got {l2_range!r}")
+    for value in l2_range:
+        check_number("l2_range", value, minimum=0)
+    check_number("lbfgs_max_iter", given["lbfgs_max_iter"], integer=True, minimum=1)
 
 
 class TransferModule(L.LightningModule):
@@ -139,6 +183,7 @@ class TransferModule(L.LightningModule):
         channels_last: bool = False,
     ) -> None:
         super().__init__()
+        _check_settings(locals())
         if num_classes < 2:
             raise TlkitError(f"need at least 2 classes, got {num_classes}")
         if not lr > 0:

@@ -20,7 +20,13 @@ from tlkit.backbones.bundled import (
 )
 from tlkit.errors import TlkitError
 
-__all__ = ["fit_state_dict", "load_state_dict_into", "read_state_dict", "strip_prefix"]
+__all__ = [
+    "UNSAFE_GLOBAL",
+    "fit_state_dict",
+    "load_state_dict_into",
+    "read_state_dict",
+    "strip_prefix",
+]
 
 CONTAINER_KEYS = (
     "state_dict",
@@ -40,18 +46,21 @@ CONTAINER_KEYS = (
 KNOWN_PREFIXES = ("module.", "model.", "backbone.", "_orig_mod.", "encoder.", "net.")
 """Wrapper prefixes (DataParallel, Lightning, torch.compile, ...) stripped when nothing matches."""
 
-_UNSAFE_GLOBAL = re.compile(r"GLOBAL (\S+) was not an allowed global|whose module (\S+) is blocked")
+UNSAFE_GLOBAL = re.compile(
+    r"GLOBAL (\S+) (?:was not an allowed global|whose module \S+ is blocked)"
+)
+"""Matches torch's ``weights_only`` refusal of a pickled object; group 1 names it."""
 
 
 def _torch_load(path: Path, trust: bool) -> object:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        found = _UNSAFE_GLOBAL.search(str(err))
+        found = UNSAFE_GLOBAL.search(str(err))
         if found is None:
             raise
         if not trust:
-            culprit = found.group(1) or found.group(2)
+            culprit = found.group(1)
             raise TlkitError(
                 f"weights file {path} holds Python objects ({culprit}) whose loading can run "
                 "arbitrary code; if you trust the file, pass trust_weights=True (--trust-weights)"

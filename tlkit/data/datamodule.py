@@ -12,7 +12,12 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 
-from tlkit.data.datasets import EpochKeyed, EpochSampler, ImageDataset
+from tlkit.data.datasets import (
+    DistributedEpochSampler,
+    EpochKeyed,
+    EpochSampler,
+    ImageDataset,
+)
 from tlkit.data.features import (
     FeatureExtractor,
     ViewFeatures,
@@ -29,7 +34,7 @@ from tlkit.data.transforms import (
     eval_transform,
     train_transform,
 )
-from tlkit.errors import TlkitError, unknown_name
+from tlkit.errors import TlkitError, check_number, check_type, unknown_name
 
 __all__ = ["TransferDataModule"]
 
@@ -79,6 +84,23 @@ class TransferDataModule(L.LightningDataModule):
         feature_views: int = 1,
     ) -> None:
         super().__init__()
+        check_type("data", data, (str, os.PathLike), "demo, fashion-mnist or a path")
+        check_type("backbone", backbone, str, "a timm model name")
+        if image_size is not None:
+            check_number("image size", image_size, integer=True)
+        check_number("batch size", batch_size, integer=True)
+        if num_workers is not None:
+            check_number("num_workers", num_workers, integer=True, minimum=0)
+        if shots is not None:
+            check_number("--shots", shots, integer=True)
+        check_number("val_fraction", val_fraction)
+        check_number("test_fraction", test_fraction)
+        check_number("seed", seed, integer=True, minimum=0, below=2**32)
+        check_type("augment", augment, str, "an augmentation preset name")
+        for name, flag in (("strict", strict), ("cache_features", cache_features)):
+            check_type(name, flag, bool, "true or false")
+        if cache_dir is not None:
+            check_type("cache_dir", cache_dir, (str, os.PathLike), "a folder path")
         if augment not in AUGMENT_PRESETS:
             raise unknown_name("augmentation preset", augment, AUGMENT_PRESETS)
         if batch_size <= 0:
@@ -94,6 +116,7 @@ class TransferDataModule(L.LightningDataModule):
         self.spec = PipelineSpec(data_config_for(backbone), image_size)
         self.extractor: FeatureExtractor | None = None
         self.datasets: dict[str, Dataset] = {}
+        self._decodable: dict[str, Split] | None = None
 
     @cached_property
     def source(self) -> DataSource:
@@ -119,22 +142,40 @@ class TransferDataModule(L.LightningDataModule):
         """Class names, index order."""
         return list(self.source.classes)
 
+    def check_images(self) -> dict[str, Split]:
+        """The train/val/test splits without undecodable image files.
+
+        Every file is probed once (the first call; :meth:`setup` calls it too): undecodable
+        ones are skipped with a warning naming a few, or refused with ``strict``.
+
+        Returns:
+            The decodable part of each split, keyed by ``train``, ``val``, ``test``.
+
+        Raises:
+            TlkitError: With ``strict``, if any file does not decode.
+        """
+        if self._decodable is None:
+            src = self.source
+            splits = {"train": src.train, "val": src.val, "test": src.test}
+            self._decodable = {k: self.drop_undecodable(k, v) for k, v in splits.items()}
+        return self._decodable
+
     def describe(self) -> dict[str, Any]:
-        """Sizes of the splits, for reports and metrics."""
+        """Sizes of the splits (without undecodable images once checked), for reports."""
         src = self.source
+        splits = self._decodable or {"train": src.train, "val": src.val, "test": src.test}
+        sizes = {f"num_{name}": len(split) for name, split in splits.items()}
         return {
             "data": src.name,
             "num_classes": len(src.classes),
-            "num_train": len(src.train),
-            "num_val": len(src.val),
-            "num_test": len(src.test),
+            **sizes,
             "image_size": self.spec.size,
         }
 
     def setup(self, stage: str) -> None:
         """Build the datasets; skip (or, with ``strict``, refuse) undecodable images."""
         src = self.source
-        splits = {"train": src.train, "val": src.val, "test": src.test}
+        splits = self.check_images()
         keep = len(src.train) + len(src.val) + len(src.test) <= _KEEP_DECODED_LIMIT
         model = self.trainer.lightning_module if self.trainer is not None else None
         hp = self.hparams
@@ -144,7 +185,6 @@ class TransferDataModule(L.LightningDataModule):
         for name, split in splits.items():
             if name in self.datasets:
                 continue
-            split = self._drop_undecodable(name, split)
             if name == "train":
                 transform = train_transform(self.spec, self.hparams.augment)
             else:
@@ -153,7 +193,19 @@ class TransferDataModule(L.LightningDataModule):
                 split, build_pipeline(transform), keep_decoded=keep, seed=self.hparams.seed
             )
 
-    def _drop_undecodable(self, name: str, split: Split) -> Split:
+    def drop_undecodable(self, name: str, split: Split) -> Split:
+        """``split`` without the files that do not decode, with a warning naming a few of them.
+
+        Args:
+            name: What to call the split in the message (``train``, ``val``, ...).
+            split: The split to check.
+
+        Returns:
+            The decodable part of ``split``.
+
+        Raises:
+            TlkitError: With ``strict``, if any file does not decode.
+        """
         bad = [
             (i, reason)
             for i, item in enumerate(split.items)
@@ -223,13 +275,22 @@ class TransferDataModule(L.LightningDataModule):
             batch_size = len(dataset)
         if not isinstance(dataset, (ImageDataset, ViewFeatures)):
             dataset = EpochKeyed(dataset)
+        world = self.trainer.world_size if self.trainer is not None else 1
+        if world > 1:
+            rank = self.trainer.global_rank
+            sampler = DistributedEpochSampler(len(dataset), self.hparams.seed, shuffle, rank, world)
+        else:
+            sampler = EpochSampler(len(dataset), self.hparams.seed, shuffle=shuffle)
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            sampler=EpochSampler(len(dataset), self.hparams.seed, shuffle=shuffle),
+            sampler=sampler,
             num_workers=workers,
             persistent_workers=workers > 0,
             drop_last=False,
+            # Its own generator: starting to iterate never draws from the global RNG, which
+            # the module reseeds per epoch for dropout (else a resumed epoch draws other masks).
+            generator=torch.Generator().manual_seed(self.hparams.seed),
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -6,13 +6,19 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset, DistributedSampler, Sampler
 
 from tlkit.data.images import load_image
 from tlkit.data.sources import Split
 from tlkit.data.transforms import Pipeline
 
-__all__ = ["EpochKeyed", "EpochSampler", "ImageDataset", "item_seed"]
+__all__ = [
+    "DistributedEpochSampler",
+    "EpochKeyed",
+    "EpochSampler",
+    "ImageDataset",
+    "item_seed",
+]
 
 
 def item_seed(seed: int, epoch: int, index: int) -> int:
@@ -46,6 +52,33 @@ class EpochSampler(Sampler):
         else:
             order = range(self.size)
         return iter([(self.epoch, i) for i in order])
+
+
+class DistributedEpochSampler(DistributedSampler):
+    """An :class:`EpochSampler` order dealt out to the ranks of a distributed run.
+
+    Rank ``r`` of ``world`` takes positions ``r, r + world, ...`` of the (seed, epoch) order,
+    padded by wrapping around like :class:`~torch.utils.data.DistributedSampler`. Step ``k``
+    of all ranks together therefore sees exactly batch ``k`` of a single process whose batch is
+    ``world`` times larger, and a resumed distributed run the batches of an uninterrupted one.
+    Being a ``DistributedSampler``, it is not wrapped again by Lightning.
+    """
+
+    def __init__(self, size: int, seed: int, shuffle: bool, rank: int, world: int) -> None:
+        super().__init__(range(size), num_replicas=world, rank=rank, shuffle=False)
+        self.order = EpochSampler(size, seed, shuffle)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the order of ``epoch``."""
+        super().set_epoch(epoch)
+        self.order.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        keys = list(self.order)
+        if keys and len(keys) < self.total_size:
+            repeats = -(-self.total_size // len(keys))
+            keys = (keys * repeats)[: self.total_size]
+        return iter(keys[self.rank : self.total_size : self.num_replicas])
 
 
 class EpochKeyed(Dataset):

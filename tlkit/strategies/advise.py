@@ -399,6 +399,7 @@ def measure(
     )
     per_class = max(2, min(max_per_class, max_images // num_classes))
     picked = pool.subset(_subsample(pool.labels, per_class, seed).tolist())
+    picked = dm.drop_undecodable("the measured images", picked)
 
     model = create_backbone(backbone, weights=weights).eval()
     if not hasattr(model, "forward_intermediates"):

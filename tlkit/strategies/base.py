@@ -265,6 +265,8 @@ def create_strategy(name: str | Strategy, **kwargs: Any) -> Strategy:
     """
     if isinstance(name, Strategy):
         return name
+    if not isinstance(name, str):
+        raise TlkitError(f"strategy must be a strategy name, got {name!r}")
     accepted = strategy_settings(name)
     for key in kwargs:
         if key not in accepted:
