@@ -9,7 +9,7 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-from tlkit.errors import TlkitError
+from tlkit.errors import ArgumentParser, TlkitError
 
 __all__ = ["advise_command", "auto_recipe"]
 
@@ -22,7 +22,7 @@ def _stdout_to_stderr() -> Iterator[None]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="tlkit advise",
         description="Measure how much labelled data there is and how similar it is to the "
         "backbone's pretraining data (linear probes on each stage's features), and name the "
@@ -157,6 +157,7 @@ def auto_recipe(
     image_size: int | None,
     seed: int,
     shots: int | None = None,
+    weights: str | None = None,
 ) -> tuple[str, dict[str, Any]]:
     """Measure ``data`` like ``tlkit advise`` and return the recipe of its cell.
 
@@ -166,10 +167,13 @@ def auto_recipe(
         image_size: Input size of the measurement (``None``: the backbone's).
         seed: Seed of the subsample and the folds.
         shots: Training images per class the run will use (``None``: the whole split).
+        weights: Backbone weight file the run will use (``None``: bundled or hub weights).
 
     Returns:
         ``(recipe name, report)``. For ``small-different``, ``report["probe_stage"]`` is the
         stage to pass as ``--model.strategy_args.stage``.
     """
-    report = _measure(data=data, backbone=backbone, image_size=image_size, seed=seed, shots=shots)
+    report = _measure(
+        data=data, backbone=backbone, image_size=image_size, seed=seed, shots=shots, weights=weights
+    )
     return report["recipe"], report

@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 import time
 import warnings
@@ -13,13 +14,21 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tlkit.errors import TlkitError
+from tlkit.errors import ArgumentParser, TlkitError
 
 __all__ = ["main"]
 
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 _RUN_DIR_ENV = "TLKIT_RUN_DIR"
 _AUTO_ENV = "TLKIT_AUTO_DECISION"
+_PASSTHROUGH = (
+    "--trainer.",
+    "--model.",
+    "--data.",
+    "--checkpoint.",
+    "--progress_bar.",
+    "--lr_monitor.",
+)
 
 
 def _rank_zero() -> bool:
@@ -33,6 +42,7 @@ USAGE = """usage: tlkit COMMAND [options]
 commands:
   finetune   fine-tune with a recipe, test, write a run directory (start here)
   advise     measure data size and similarity: which matrix cell, which recipe
+  pretrain   train a backbone from scratch on a source dataset (for --weights)
   recipes    list the recipes, or `tlkit recipes show NAME`
   predict    top-k labels for images (CSV), one checkpoint or an ensemble
   evaluate   metrics, per-class accuracy, confusion matrix on labelled data
@@ -69,11 +79,32 @@ def _quiet_lightning() -> None:
     logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)
 
 
-def _lightning_cli(args: Sequence[str], run: bool = True):
+def _argument_error(err: BaseException) -> TlkitError:
+    """One line from a (multi-line) jsonargparse or Lightning configuration error."""
+    lines = [line.strip().lstrip("- ") for line in str(err).splitlines()]
+    lines = [line for line in lines if line] or [type(err).__name__]
+    key = re.match(r'Parser key "([^"]+)"', lines[0])
+    if key is None:
+        message = lines[0]
+    else:
+        given = next((x[12:].strip() for x in lines if x.startswith("Given value:")), "")
+        kinds = next((x[9:].strip() for x in lines if x.startswith("Subtypes:")), "")
+        detail = f"expected one of {kinds}, got {given}" if kinds else " ".join(lines[1:2])
+        detail = re.sub(r"Expected a (.+?)\. Got value: (.*)", r"expected \1, got \2", detail)
+        message = f"invalid value for --{key[1]}: {detail}"
+    message = re.sub(r"<class '([\w.]+)'>", r"\1", message).rstrip(".")
+    return TlkitError(f"{message}; fix the option (see `tlkit finetune --help`)")
+
+
+def _lightning_cli(args: Sequence[str], run: bool = True, one_line_errors: bool = False):
+    """Build the Lightning CLI; ``one_line_errors`` turns configuration errors into TlkitError."""
     _quiet_lightning()
+    from jsonargparse import ArgumentError
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
     from lightning.pytorch.cli import LightningCLI
 
+    from tlkit.checkpointing import protect_checkpoints
     from tlkit.data import TransferDataModule
     from tlkit.module import TransferModule
 
@@ -96,17 +127,35 @@ def _lightning_cli(args: Sequence[str], run: bool = True):
             parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
             parser.set_defaults({"lr_monitor.logging_interval": "step"})
 
-    return TlkitCLI(
-        TransferModule,
-        TransferDataModule,
-        args=list(args),
-        run=run,
-        save_config_kwargs={"overwrite": True},
-    )
+        def before_instantiate_classes(self) -> None:
+            # The rich progress bar is always registered; `enable_progress_bar false` turns it
+            # off through its refresh rate instead of clashing with it.
+            config = self.config.get(str(self.subcommand), self.config)
+            if config.trainer.enable_progress_bar is False:
+                config.trainer.enable_progress_bar = True
+                config.progress_bar.refresh_rate = 0
+
+        def instantiate_trainer(self, **kwargs):
+            return protect_checkpoints(super().instantiate_trainer(**kwargs))
+
+    kwargs: dict[str, Any] = {"save_config_kwargs": {"overwrite": True}}
+    if not one_line_errors:
+        return TlkitCLI(TransferModule, TransferDataModule, args=list(args), run=run, **kwargs)
+    try:
+        return TlkitCLI(
+            TransferModule,
+            TransferDataModule,
+            args=list(args),
+            run=run,
+            parser_kwargs={"exit_on_error": False},
+            **kwargs,
+        )
+    except (ArgumentError, MisconfigurationException) as err:
+        raise _argument_error(err) from err
 
 
 def _finetune_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="tlkit finetune",
         description="Fine-tune a pretrained backbone with a recipe, test it and write a run "
         "directory (checkpoints, config.yaml, metrics.json, logs). Any other "
@@ -141,6 +190,14 @@ def _finetune_parser() -> argparse.ArgumentParser:
         help="continue the run in --out from its last checkpoint, with its saved config",
     )
     return parser
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _positive(name: str, value: float | None) -> None:
@@ -226,7 +283,12 @@ def _auto_decision(opts: argparse.Namespace) -> dict[str, Any]:
     if saved:
         return json.loads(saved)
     _, report = auto_recipe(
-        opts.data or "demo", opts.backbone, opts.image_size, opts.seed, shots=opts.shots
+        opts.data or "demo",
+        opts.backbone,
+        opts.image_size,
+        opts.seed,
+        shots=opts.shots,
+        weights=opts.weights,
     )
     os.environ[_AUTO_ENV] = json.dumps(report)
     if _rank_zero():
@@ -240,14 +302,35 @@ def _auto_decision(opts: argparse.Namespace) -> dict[str, Any]:
 
 def finetune(argv: Sequence[str]) -> int:
     """``tlkit finetune``: fit, test, write the run directory, print the results."""
+    # The run directory and the --recipe auto decision reach DDP ranks through the environment;
+    # restore it afterwards, so a later finetune in the same process (a notebook) starts afresh.
+    saved = {key: os.environ.get(key) for key in (_RUN_DIR_ENV, _AUTO_ENV)}
+    try:
+        return _finetune(argv)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _finetune(argv: Sequence[str]) -> int:
     opts, extra = _finetune_parser().parse_known_args(argv)
     for name in ("epochs", "shots", "image_size", "batch_size", "lr"):
         _positive("--" + name.replace("_", "-"), getattr(opts, name))
     for item in extra:
-        if item.startswith("-") and not item.startswith(("--trainer.", "--model.", "--data.")):
+        if _is_number(item):
+            continue  # a negative value, e.g. --trainer.max_epochs -1
+        if item.startswith("-") and not item.startswith(_PASSTHROUGH):
             raise TlkitError(f"unknown option {item}; see `tlkit finetune --help`")
 
     if opts.resume:
+        from tlkit.inference import read_checkpoint
+
+        last = Path(opts.out or ".") / "checkpoints" / "last.ckpt"
+        if last.is_file():  # refuse a damaged or code-carrying checkpoint before touching the run
+            read_checkpoint(last, opts.trust_weights, "start a new run without --resume")
         run_dir, args, recipe_name = _resume_args(opts)
         resume_from = run_dir / "checkpoints" / "last.ckpt"
     else:
@@ -271,7 +354,8 @@ def finetune(argv: Sequence[str]) -> int:
                 (run_dir / "advise.json").write_text(json.dumps(decision, indent=2) + "\n")
         resume_from = None
     try:
-        cli = _lightning_cli(args, run=False)
+        cli = _lightning_cli(args, run=False, one_line_errors=True)
+        cli.datamodule.check_images()  # skip, or with --strict refuse, undecodable images now
     except BaseException:
         if not opts.resume and fresh and not any(run_dir.iterdir()):
             run_dir.rmdir()  # a run that never started leaves nothing behind
@@ -290,7 +374,9 @@ def finetune(argv: Sequence[str]) -> int:
     _print_plan(model, datamodule, recipe_name, run_dir, int(trainer.max_epochs or 1))
 
     start = time.perf_counter()
-    trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
+    trainer.fit(
+        model, datamodule=datamodule, ckpt_path=resume_from, weights_only=not opts.trust_weights
+    )
     fit_seconds = time.perf_counter() - start
     last_val = trainer.callback_metrics.get("val_acc")
     checkpoint = trainer.checkpoint_callback
@@ -351,7 +437,7 @@ def _print_plan(model, datamodule, recipe: str, run_dir: Path, epochs: int) -> N
     if not _rank_zero():
         return
     info = datamodule.describe()
-    console = Console(stderr=True)
+    console = Console(stderr=True, highlight=False)
     console.print(
         f"[bold]tlkit[/] recipe [cyan]{recipe}[/], backbone [cyan]{model.hparams.backbone}[/] "
         f"({model.weights_source}), strategy [cyan]{model.strategy.name}[/], optimizer "
@@ -396,6 +482,40 @@ def _print_results(metrics: dict[str, Any], run_dir: Path) -> None:
     console.print(f"run directory: {run_dir}")
 
 
+def pretrain_command(argv: Sequence[str]) -> int:
+    """``tlkit pretrain``: train a backbone from scratch, save weights ``--weights`` accepts."""
+    if any(a in ("-h", "--help") for a in argv):
+        print(
+            "usage: tlkit pretrain --data PATH --backbone NAME --out DIR [finetune options]\n\n"
+            "Trains the backbone from random weights on a source dataset (recipe `pretrain`) and\n"
+            "writes DIR/backbone.safetensors for `tlkit finetune --weights`.\n\n"
+            "example: tlkit pretrain --data fashion-mnist --backbone resnet18 --out pre "
+            "--epochs 5 --image-size 32\n"
+            "         tlkit finetune --recipe small-similar --backbone resnet18 "
+            "--weights pre/backbone.safetensors"
+        )
+        return 0
+    if "--recipe" in argv:
+        raise TlkitError("tlkit pretrain uses the `pretrain` recipe; drop --recipe")
+    opts, _ = _finetune_parser().parse_known_args(argv)
+    if not opts.out:
+        raise TlkitError("tlkit pretrain needs --out DIR: where backbone.safetensors goes")
+    code = finetune(["--recipe", "pretrain", *argv])
+    if code == 0 and _rank_zero():
+        from safetensors.torch import save_file
+
+        from tlkit.inference import load_checkpoint
+
+        record = json.loads((Path(opts.out) / "metrics.json").read_text())
+        loaded = load_checkpoint(record["best_checkpoint"])
+        state = {k: v.contiguous() for k, v in loaded.model.backbone.state_dict().items()}
+        target = Path(opts.out) / "backbone.safetensors"
+        save_file(state, str(target), metadata={"backbone": loaded.model.hparams.backbone})
+        print(f"wrote {target}: use it with --backbone {loaded.model.hparams.backbone} "
+              f"--weights {target}")  # fmt: skip
+    return code
+
+
 def recipes_command(argv: Sequence[str]) -> int:
     """``tlkit recipes [list | show NAME]``."""
     from tlkit.recipes import list_recipes, recipe_path, recipe_summary
@@ -426,6 +546,8 @@ def _dispatch(argv: list[str]) -> int:
         return finetune(rest)
     if command == "recipes":
         return recipes_command(rest)
+    if command == "pretrain":
+        return pretrain_command(rest)
     if command == "advise":
         from tlkit.advise_cli import advise_command
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import inspect
 import os
 import pickle
@@ -14,12 +16,19 @@ import numpy as np
 import torch
 from rich.progress import Progress
 
+from tlkit.backbones.weights import UNSAFE_GLOBAL as _UNSAFE_GLOBAL
 from tlkit.data.images import load_image
 from tlkit.data.transforms import PipelineSpec, data_config_for, eval_transform
 from tlkit.errors import TlkitError
 from tlkit.module import TransferModule
 
-__all__ = ["LoadedModel", "ensemble_probabilities", "load_checkpoint"]
+__all__ = [
+    "LoadedModel",
+    "ensemble_probabilities",
+    "load_checkpoint",
+    "read_checkpoint",
+    "snapshot_members",
+]
 
 
 @dataclass
@@ -50,17 +59,7 @@ def load_checkpoint(path: str | os.PathLike, trust: bool = False) -> LoadedModel
     path = Path(path)
     if not path.is_file():
         raise TlkitError(f"checkpoint {path} does not exist; pass the path of a .ckpt file")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=not trust)
-    except pickle.UnpicklingError as err:
-        if "weights_only" in str(err) or "global" in str(err).lower():
-            raise TlkitError(
-                f"checkpoint {path} holds Python objects whose loading can run arbitrary code; "
-                "pass --trust-weights if you trust the file"
-            ) from None
-        raise TlkitError(f"checkpoint {path} is corrupt or not a checkpoint ({err})") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
-        raise TlkitError(f"checkpoint {path} is corrupt or not a checkpoint ({err})") from None
+    checkpoint = read_checkpoint(path, trust)
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise TlkitError(f"{path} is not a Lightning checkpoint (no state_dict); pass a .ckpt")
     hparams = dict(checkpoint.get("hyper_parameters") or {})
@@ -73,12 +72,82 @@ def load_checkpoint(path: str | os.PathLike, trust: bool = False) -> LoadedModel
     try:
         model.load_state_dict(checkpoint["state_dict"])
     except RuntimeError as err:
-        first = str(err).splitlines()[0]
-        raise TlkitError(f"checkpoint {path} does not fit its own model config ({first})") from None
+        lines = [line.strip() for line in str(err).splitlines()[1:] if line.strip()]
+        first = (lines or [str(err)])[0][:200]
+        raise TlkitError(
+            f"checkpoint {path} does not fit its own model config ({first}); "
+            "pass a checkpoint written by tlkit finetune"
+        ) from None
     model.eval()
     data_hparams = checkpoint.get("datamodule_hyper_parameters") or {}
     names = hparams.get("class_names") or [str(i) for i in range(hparams["num_classes"])]
     return LoadedModel(model, path, list(names), data_hparams.get("image_size"), checkpoint)
+
+
+_FIX = "pass a .ckpt written by tlkit finetune"
+
+
+def read_checkpoint(path: str | os.PathLike, trust: bool = False, fix: str = _FIX) -> Any:
+    """``torch.load`` a checkpoint on CPU, ``weights_only`` unless trusted, with one-line errors.
+
+    Args:
+        path: The checkpoint file.
+        trust: Allow unpickling arbitrary Python objects (``--trust-weights``).
+        fix: What the error message tells the user to do when the file is damaged.
+
+    Returns:
+        The loaded object.
+
+    Raises:
+        TlkitError: If the file needs ``trust`` or is damaged.
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=not trust)
+    except pickle.UnpicklingError as err:
+        found = _UNSAFE_GLOBAL.search(str(err))
+        if found is not None:
+            raise TlkitError(
+                f"checkpoint {path} holds Python objects ({found.group(1)}) "
+                "whose loading can run arbitrary code; pass --trust-weights if you trust the file"
+            ) from None
+        raise _corrupt(path, err, fix) from None
+    except Exception as err:  # torch.load raises many types on damaged files
+        raise _corrupt(path, err, fix) from None
+
+
+def _corrupt(path: Path, err: BaseException, fix: str) -> TlkitError:
+    text = " ".join(str(err).split())
+    if isinstance(err, EOFError) or not text:
+        reason = "file is empty or truncated"
+    elif isinstance(err, pickle.UnpicklingError):
+        detail = text.rpartition("Unpickler error:")[2].split(" Check the documentation")[0]
+        reason = f"not a valid pickle: {detail.strip()[:80]}"
+    else:
+        reason = text.split(". ")[0][:160]
+    return TlkitError(f"checkpoint {path} is corrupt or not a checkpoint ({reason}); {fix}")
+
+
+def snapshot_members(loaded: LoadedModel) -> list[LoadedModel]:
+    """The snapshot-ensemble members stored in a checkpoint, or ``[loaded]`` when it has none.
+
+    :class:`~tlkit.callbacks.SnapshotEnsemble` keeps, per snapshot, the tensors that changed
+    (trainable weights, BN statistics); each member is the checkpoint's model with one snapshot's
+    tensors loaded over it.
+    """
+    states = (loaded.checkpoint.get("callbacks") or {}).items()
+    snapshots = next(
+        (state["snapshots"] for key, state in states
+         if str(key).startswith("SnapshotEnsemble") and state.get("snapshots")),
+        None,
+    )  # fmt: skip
+    if not snapshots:
+        return [loaded]
+    members = []
+    for snapshot in snapshots:
+        model = copy.deepcopy(loaded.model)
+        model.load_state_dict(snapshot["tensors"], strict=False)
+        members.append(dataclasses.replace(loaded, model=model.eval()))
+    return members
 
 
 def _check_compatible(models: Sequence[LoadedModel]) -> None:

@@ -2,24 +2,32 @@
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
+import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
+from tlkit.data.images import probe_image
 from tlkit.data.sources import IMAGE_EXTENSIONS, load_source
-from tlkit.errors import TlkitError
-from tlkit.inference import LoadedModel, ensemble_probabilities, load_checkpoint
+from tlkit.errors import ArgumentParser, TlkitError
+from tlkit.inference import (
+    LoadedModel,
+    ensemble_probabilities,
+    load_checkpoint,
+    snapshot_members,
+)
 from tlkit.utils import atomic_path
 
 __all__ = ["evaluate_command", "export_command", "predict_command"]
 
 
 def _checkpoints(paths: Sequence[str], trust: bool) -> list[LoadedModel]:
-    return [load_checkpoint(p, trust=trust) for p in paths]
+    """Every model to average: each checkpoint, or its snapshot-ensemble members."""
+    return [m for p in paths for m in snapshot_members(load_checkpoint(p, trust=trust))]
 
 
 def _image_files(data: str) -> list[str]:
@@ -38,9 +46,32 @@ def _image_files(data: str) -> list[str]:
     return files
 
 
+def _decodable(items: Sequence, strict: bool) -> list[int]:
+    """Indices of the items that decode; the others are named in a warning, or refused if strict.
+
+    In-memory arrays (IDX data) are not probed.
+    """
+    bad = [
+        (i, reason)
+        for i, item in enumerate(items)
+        if isinstance(item, (str, os.PathLike)) and (reason := probe_image(item)) is not None
+    ]
+    if bad:
+        shown = "; ".join(f"{items[i]} ({reason})" for i, reason in bad[:3])
+        if strict or len(bad) == len(items):
+            raise TlkitError(
+                f"{len(bad)} of {len(items)} image(s) do not decode, e.g. {shown}; remove them"
+                + (" or drop --strict to skip them" if strict else "")
+            )
+        print(f"tlkit: warning: skipping {len(bad)} undecodable image(s), e.g. {shown}",
+              file=sys.stderr)  # fmt: skip
+    skipped = {i for i, _ in bad}
+    return [i for i in range(len(items)) if i not in skipped]
+
+
 def predict_command(argv: Sequence[str]) -> int:
     """Predict the top-k labels of images with one checkpoint or an ensemble of several."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="tlkit predict",
         description="Top-k labels and probabilities for an image or a folder of images; "
         "several checkpoints are averaged as an ensemble.",
@@ -53,24 +84,31 @@ def predict_command(argv: Sequence[str]) -> int:
     parser.add_argument("--top-k", type=int, default=1, help="labels per image (default 1)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--trust-weights", action="store_true")
+    parser.add_argument("--strict", action="store_true", help="stop on undecodable images")
     opts = parser.parse_args(argv)
     if opts.top_k <= 0 or opts.batch_size <= 0:
         raise TlkitError("--top-k and --batch-size must be positive")
     models = _checkpoints(opts.checkpoint, opts.trust_weights)
     files = _image_files(opts.data)
+    files = [files[i] for i in _decodable(files, opts.strict)]
     probs = ensemble_probabilities(models, files, opts.batch_size)
     k = min(opts.top_k, probs.shape[1])
     top_p, top_i = probs.topk(k, dim=1)
     names = models[0].class_names
     header = ["path"] + [f"{kind}_{j + 1}" for j in range(k) for kind in ("label", "prob")]
-    with atomic_path(opts.out) as tmp, open(tmp, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(header)
-        for path, ps, ix in zip(files, top_p.tolist(), top_i.tolist(), strict=True):
-            row = [path]
-            for p, i in zip(ps, ix, strict=True):
-                row += [names[i], f"{p:.6f}"]
-            writer.writerow(row)
+    try:
+        with atomic_path(opts.out) as tmp, open(tmp, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(header)
+            for path, ps, ix in zip(files, top_p.tolist(), top_i.tolist(), strict=True):
+                row = [path]
+                for p, i in zip(ps, ix, strict=True):
+                    row += [names[i], f"{p:.6f}"]
+                writer.writerow(row)
+    except OSError as err:
+        raise TlkitError(
+            f"cannot write {opts.out} ({err.strerror or err}); pass a writable --out FILE"
+        ) from None
     print(f"wrote {len(files)} predictions to {opts.out}")
     return 0
 
@@ -79,7 +117,7 @@ def evaluate_command(argv: Sequence[str]) -> int:
     """Metrics, per-class accuracy and a confusion matrix on labelled data."""
     from tlkit.report import confusion_matrix_png, evaluation_metrics, print_evaluation
 
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="tlkit evaluate",
         description="Evaluate one checkpoint, or several as an ensemble (mean softmax), on "
         "labelled data: accuracy, top-5, macro F1, per-class accuracy, confusion matrix.",
@@ -91,6 +129,7 @@ def evaluate_command(argv: Sequence[str]) -> int:
     parser.add_argument("--out", help="folder for evaluation.json and confusion_matrix.png")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--trust-weights", action="store_true")
+    parser.add_argument("--strict", action="store_true", help="stop on undecodable images")
     opts = parser.parse_args(argv)
     models = _checkpoints(opts.checkpoint, opts.trust_weights)
     source = load_source(opts.data)
@@ -104,6 +143,7 @@ def evaluate_command(argv: Sequence[str]) -> int:
             f"classes {unknown[:5]} of {opts.data} are not among the model's classes; "
             "evaluate on data with the classes the model was trained on"
         )
+    split = split.subset(_decodable(split.items, opts.strict))
     index = {name: i for i, name in enumerate(names)}
     targets = torch.tensor([index[source.classes[label]] for label in split.labels])
     probs = ensemble_probabilities(models, split.items, opts.batch_size)
@@ -123,7 +163,7 @@ def export_command(argv: Sequence[str]) -> int:
     """Export a checkpoint to safetensors (timm-loadable), ONNX or TorchScript."""
     from tlkit.export import export
 
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="tlkit export",
         description="Export a checkpoint: safetensors that timm.create_model loads (plus a "
         "labels/preprocessing JSON), or ONNX / TorchScript for serving; each export is "
