@@ -6,7 +6,7 @@ import json
 
 from common import RESULTS, machine
 
-ORDER = ["overhead", "cache", "floor", "memory", "precision", "ensemble", "quadrants"]
+ORDER = ["overhead", "cache", "lbfgs", "floor", "memory", "precision", "ensemble", "quadrants"]
 
 
 def main() -> None:

@@ -6,6 +6,7 @@ cd "$(dirname "$0")"
 PY=${PYTHON:-python}
 $PY overhead.py
 $PY cache.py
+$PY lbfgs.py
 $PY floor.py
 $PY memory.py
 $PY precision.py

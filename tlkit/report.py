@@ -230,6 +230,32 @@ def _per_class_png(per_class: dict[str, float | None], path: Path) -> Path:
     return path
 
 
+def _snapshots_png(metrics: dict[str, Any], path: Path) -> Path | None:
+    """Test accuracy of each snapshot of a snapshot ensemble, and of their average."""
+    prefix = "test_acc_snapshot_"
+    snapshots = sorted(
+        (int(k[len(prefix) :]), v) for k, v in metrics.items() if k.startswith(prefix)
+    )
+    ensemble = metrics.get("test_acc_ensemble")
+    if not snapshots or ensemble is None:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    cycles = [c for c, _ in snapshots]
+    ax.plot(cycles, [v for _, v in snapshots], "o-", label="each snapshot alone")
+    ax.axhline(ensemble, color="tab:red", linestyle="--", label=f"ensemble of all: {ensemble:.3f}")
+    ax.set_xticks(cycles)
+    ax.set_xlabel("snapshot (end of cycle)")
+    ax.set_ylabel("test accuracy")
+    ax.set_title("snapshot ensemble")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def write_run_report(
     run_dir: str | Path,
     metrics: dict[str, Any],
@@ -268,6 +294,7 @@ def write_run_report(
         figures.append(
             ("Per-class test accuracy", _per_class_png(per_class, plots / "per_class.png"))
         )
+    figures.append(("Snapshot ensemble", _snapshots_png(metrics, plots / "snapshots.png")))
     figures += [(p.stem.replace("_", " ").capitalize(), p) for p in extra_images]
     lines = [
         f"# Run report: {metrics.get('recipe', run_dir.name)}",
