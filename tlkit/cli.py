@@ -462,18 +462,12 @@ def _print_results(metrics: dict[str, Any], run_dir: Path) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from tlkit.report import RESULT_KEYS
+
     table = Table(title="tlkit results")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for key in (
-        "test_acc",
-        "test_top5",
-        "test_f1",
-        "test_loss",
-        "val_acc",
-        "epochs",
-        "fit_seconds",
-    ):
+    for key in RESULT_KEYS:
         value = metrics.get(key)
         if value is not None:
             table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))

@@ -10,7 +10,11 @@ from typing import Any
 
 import torch
 
+#: The metrics shown in the results table and at the top of the report, in order.
+RESULT_KEYS = ("test_acc", "test_top5", "test_f1", "test_loss", "val_acc", "epochs", "fit_seconds")
+
 __all__ = [
+    "RESULT_KEYS",
     "confusion_matrix_png",
     "evaluation_metrics",
     "lr_find_png",
@@ -302,15 +306,7 @@ def write_run_report(
         "| metric | value |",
         "|---|---|",
     ]
-    for key in (
-        "test_acc",
-        "test_top5",
-        "test_f1",
-        "test_loss",
-        "val_acc",
-        "epochs",
-        "fit_seconds",
-    ):
+    for key in RESULT_KEYS:
         if metrics.get(key) is not None:
             value = metrics[key]
             lines.append(
