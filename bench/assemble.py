@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 
 from common import RESULTS, machine
@@ -10,6 +11,9 @@ ORDER = ["overhead", "cache", "lbfgs", "floor", "memory", "precision", "ensemble
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--note", default="", help="a sentence on how the figures were measured")
+    opts = parser.parse_args()
     sections = sorted(RESULTS.glob("*.md"), key=lambda p: [*ORDER, p.stem].index(p.stem))
     info = machine()
     for path in RESULTS.glob("*.json"):
@@ -27,6 +31,8 @@ def main() -> None:
         f"threads, Python {info['python']}, GPU: {info['gpu'] or 'none'}.",
         "",
     ]
+    if opts.note:
+        head += [f"**Conditions:** {opts.note}", ""]
     body = [p.read_text().strip() + "\n" for p in sections]
     (RESULTS.parent / "RESULTS.md").write_text("\n".join(head) + "\n" + "\n".join(body))
     print(f"wrote {RESULTS.parent / 'RESULTS.md'} from {len(sections)} sections")
