@@ -17,6 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from tlkit.callbacks import SnapshotEnsemble
+from tlkit.cli import main
 from tlkit.errors import TlkitError
 from tlkit.recipes import recipe_path, recipe_summary
 from tlkit.schedules import cycle_bounds, cyclic_cosine
@@ -332,3 +333,13 @@ def test_snapshot_recipe_runs_end_to_end(tmp_path):
     snapshots = ckpt["callbacks"]["SnapshotEnsemble"]["snapshots"]
     assert [s["cycle"] for s in snapshots] == [1, 2, 3, 4, 5]
     assert all(name.startswith("head.") for s in snapshots for name in s["tensors"])
+    # `tlkit evaluate` on that checkpoint averages its snapshots: the callback's ensemble figure
+    from tlkit.inference import load_checkpoint, snapshot_members
+
+    members = snapshot_members(load_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt"))
+    assert len(members) == 5
+    code = main(["evaluate", "--checkpoint", str(tmp_path / "run" / "checkpoints" / "last.ckpt"),
+                 "--data", "demo", "--out", str(tmp_path / "eval")])  # fmt: skip
+    assert code == 0
+    evaluated = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
+    assert evaluated["acc"] == pytest.approx(metrics["test_acc_ensemble"], abs=2 / 500)
