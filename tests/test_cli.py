@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tlkit.cli import main
+from tlkit.cli import _new_run_dir, main
 from tlkit.data import TransferDataModule
 from tlkit.errors import TlkitError
 from tlkit.module import TransferModule
@@ -119,6 +119,12 @@ def test_lightning_fit_subcommand_runs_a_recipe(tmp_path):
     assert names == {"best.ckpt", "last.ckpt"}
     (log,) = (tmp_path / "out").rglob("metrics.csv")
     assert "val_acc" in log.read_text().splitlines()[0]
+
+
+def test_runs_started_in_the_same_second_get_their_own_directories(tmp_path):
+    dirs = [_new_run_dir(tmp_path / "runs", "small-similar") for _ in range(3)]
+    assert len(set(dirs)) == 3
+    assert all(d.is_dir() and not any(d.iterdir()) for d in dirs)
 
 
 def test_data_and_backbone_errors_are_one_line_without_traceback(tmp_path):

@@ -218,6 +218,24 @@ def _writable_dir(path: Path) -> Path:
     return path
 
 
+def _new_run_dir(parent: Path, recipe_name: str) -> Path:
+    """A run directory no other run uses, even one started in the same second."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    _writable_dir(parent)
+    for n in range(1, 1000):
+        path = parent / (f"{recipe_name}-{stamp}" + (f"-{n}" if n > 1 else ""))
+        try:
+            path.mkdir()
+        except FileExistsError:
+            continue
+        except OSError as err:
+            raise TlkitError(
+                f"cannot write to output directory {path} ({err.strerror}); pass --out DIR"
+            ) from err
+        return path
+    raise TlkitError(f"too many runs named {recipe_name}-{stamp} in {parent}; pass --out DIR")
+
+
 def _recipe_args(opts: argparse.Namespace, recipe: Path, run_dir: Path) -> list[str]:
     """Lightning CLI arguments: the recipe, the finetune options, the run directory."""
     args = ["--config", str(recipe), "--seed_everything", str(opts.seed)]
@@ -339,12 +357,14 @@ def _finetune(argv: Sequence[str]) -> int:
         decision = _auto_decision(opts) if opts.recipe == "auto" else None
         recipe = recipe_path(decision["recipe"] if decision else opts.recipe)
         recipe_name = recipe.stem
-        stamp = time.strftime("%Y%m%d-%H%M%S")
         # DDP re-launches this command on every rank: they share rank zero's run directory.
-        default = os.environ.get(_RUN_DIR_ENV) or Path("runs") / f"{recipe_name}-{stamp}"
-        run_dir = Path(opts.out or default)
-        fresh = not run_dir.exists()
-        _writable_dir(run_dir)
+        shared = os.environ.get(_RUN_DIR_ENV)
+        if opts.out or shared:
+            run_dir = Path(opts.out or shared)
+            fresh = not run_dir.exists()
+            _writable_dir(run_dir)
+        else:
+            run_dir, fresh = _new_run_dir(Path("runs"), recipe_name), True
         os.environ[_RUN_DIR_ENV] = str(run_dir)
         args = [*_recipe_args(opts, recipe, run_dir), *extra]
         if decision is not None:
