@@ -39,6 +39,8 @@ from tlkit.errors import TlkitError, check_number, check_type, unknown_name
 __all__ = ["TransferDataModule"]
 
 _KEEP_DECODED_LIMIT = 20_000
+#: Batch size for evaluating a head on cached features.
+_FEATURE_EVAL_BATCH = 1024
 
 
 class TransferDataModule(L.LightningDataModule):
@@ -273,6 +275,13 @@ class TransferDataModule(L.LightningDataModule):
                     "--data.cache_features true"
                 )
             batch_size = len(dataset)
+        features = not isinstance(dataset, ImageDataset)
+        if features:
+            workers = 0  # cached features are tensors in memory: workers only add start-up
+            if name != "train":
+                # Evaluating a head on features is cheap per image and costly per step; the
+                # batch size of evaluation changes no result.
+                batch_size = max(batch_size, _FEATURE_EVAL_BATCH)
         if not isinstance(dataset, (ImageDataset, ViewFeatures)):
             dataset = EpochKeyed(dataset)
         world = self.trainer.world_size if self.trainer is not None else 1
