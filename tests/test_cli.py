@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from tlkit.cli import _new_run_dir, main
+from tlkit.cli import main
 from tlkit.data import TransferDataModule
 from tlkit.errors import TlkitError
+from tlkit.finetune_cli import _new_run_dir
 from tlkit.module import TransferModule
 from tlkit.recipes import recipe_path
 
