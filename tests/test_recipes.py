@@ -13,6 +13,7 @@ import yaml
 
 from tlkit.cli import main
 from tlkit.recipes import list_recipes, recipe_path, recipe_summary
+from tlkit.report import effective_lr, read_logs
 from tlkit.strategies import create_strategy
 
 CELLS = ("small-similar", "small-different", "large-similar", "large-different")
@@ -74,6 +75,7 @@ def test_recipe_runs_end_to_end(name: str, tmp_path: Path) -> None:
     env = dict(os.environ, TLKIT_CACHE_DIR=str(tmp_path / "cache"), OMP_NUM_THREADS="1")
     command = [sys.executable, "-m", "tlkit", "finetune", "--recipe", name]
     command += ["--epochs", "1", "--image-size", "32", "--shots", "5", "--out", "tmp"]
+    command += ["--trainer.log_every_n_steps", "1"]
     done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     run = tmp_path / "tmp"
@@ -83,5 +85,11 @@ def test_recipe_runs_end_to_end(name: str, tmp_path: Path) -> None:
     for key, value in (model.get("strategy_args") or {}).items():
         assert metrics["strategy"][key] == value
     assert metrics["num_train"] == 50
+    plan = {row["group"]: row["trains_from_epoch"] for row in metrics["plan"]}
+    assert plan["head"] == 0
+    series, never = effective_lr(read_logs(run / "logs"), metrics["plan"])
+    assert set(never) == {group for group, start in plan.items() if start is None}
+    assert "head" in series
+    assert (run / "plots" / "lr.png").is_file()
     assert 0.0 <= metrics["test_acc"] <= 1.0
     assert (run / "checkpoints" / "last.ckpt").is_file()

@@ -16,6 +16,7 @@ RESULT_KEYS = ("test_acc", "test_top5", "test_f1", "test_loss", "val_acc", "epoc
 __all__ = [
     "RESULT_KEYS",
     "confusion_matrix_png",
+    "effective_lr",
     "evaluation_metrics",
     "lr_find_png",
     "print_evaluation",
@@ -177,20 +178,66 @@ def _curves_png(rows: list[dict[str, float]], path: Path) -> Path | None:
     return path
 
 
-def _lr_png(rows: list[dict[str, float]], path: Path) -> Path | None:
+def effective_lr(
+    rows: list[dict[str, float]], plan: Sequence[dict[str, Any]] | None = None
+) -> tuple[dict[str, tuple[list[float], list[float]]], list[str]]:
+    """The LR each param group trains at, per optimizer step, from the run's logs.
+
+    The optimizer holds a nominal LR for frozen groups; the plan (``TransferModule.plan``)
+    says when each group trains, so the LR is 0 before that epoch, and groups that never train
+    are left out.
+
+    Returns:
+        ``{param group: (steps, lrs)}`` and the names of the layer groups that never train.
+    """
+    starts = {row["group"]: row["trains_from_epoch"] for row in plan or ()}
     keys = sorted({k for r in rows for k in r if k.startswith("lr")})
-    if not keys:
+    never = sorted(
+        {k.split("/")[1] for k in keys if len(k.split("/")) > 1}
+        & {g for g, start in starts.items() if start is None}
+    )
+    # LR rows carry no epoch: an epoch's rows carry the step it ended at.
+    ends: dict[int, float] = {}
+    for r in rows:
+        if "epoch" in r and "step" in r:
+            ends[int(r["epoch"])] = max(ends.get(int(r["epoch"]), r["step"]), r["step"])
+
+    def epoch_of(step: float) -> int:
+        return next((e for e in sorted(ends) if step <= ends[e]), max(ends, default=-1) + 1)
+
+    series = {}
+    for key in keys:
+        parts = key.split("/")
+        if len(parts) > 1 and parts[1] in never:
+            continue
+        start = starts.get(parts[1]) if len(parts) > 1 else None
+        points = [
+            (r["step"], 0.0 if start and epoch_of(r["step"]) < start else r[key])
+            for r in rows
+            if "step" in r and key in r and math.isfinite(r[key])
+        ]
+        series[key.split("/", 1)[-1]] = ([p[0] for p in points], [p[1] for p in points])
+    return series, never
+
+
+def _lr_png(
+    rows: list[dict[str, float]], path: Path, plan: Sequence[dict[str, Any]] | None = None
+) -> Path | None:
+    series, never = effective_lr(rows, plan)
+    if not series:
         return None
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 4))
-    for key in keys:
-        xs, ys = _series(rows, "step", key)
-        ax.plot(xs, ys, label=key.split("/", 1)[-1])
+    for label, (xs, ys) in series.items():
+        ax.plot(xs, ys, label=label)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("learning rate")
-    ax.set_title("learning rate of each param group")
+    title = "learning rate of each param group (0 while frozen)"
+    if never:
+        title += f"; never trained, not shown: {len(never)} groups"
+    ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    if len(keys) <= 20:
+    if len(series) <= 20:
         ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -285,7 +332,7 @@ def write_run_report(
     rows = read_logs(run_dir / "logs")
     figures: list[tuple[str, Path | None]] = [
         ("Learning curves", _curves_png(rows, plots / "curves.png")),
-        ("Learning rate per param group", _lr_png(rows, plots / "lr.png")),
+        ("Learning rate per param group", _lr_png(rows, plots / "lr.png", metrics.get("plan"))),
     ]
     if confusion is not None and class_names:
         figures.append(
