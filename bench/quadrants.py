@@ -14,17 +14,18 @@ Every strategy runs with the hyperparameters of the recipe that ships it: linear
 small-similar, probe_stage with small-different, lp_ft and partial with large-similar, full and
 gradual with large-different; trainable ones with `prior: zero` (weight decay) or `prior:
 pretrained` (L2-SP, "+L2SP"). By default every cell runs the two frozen strategies and the two
-large recipes' configurations (full with weight decay, lp_ft with L2-SP); partial, gradual and the
-other prior of full and lp_ft fit only a longer budget: --small-configs / --large-configs add
-them. All runs of a cell
+large recipes' configurations (each with its recipe's prior: full and lp_ft with weight decay);
+partial, gradual and the other prior of full and lp_ft fit only a longer budget: --small-configs
+/ --large-configs add them. All runs of a cell
 train for the same number of epochs, and the final weights are tested (no checkpoint
 selection). `advise` (tlkit.strategies.advise.measure, the code behind `tlkit advise` and
 `--recipe auto`) runs once per cell and backbone; its recipe's configuration is compared with the
 best one. Every run is appended to WORK/runs.jsonl, so a rerun resumes, and two processes (one
-per backbone, --backbones) can share the work; the last one to finish writes the results.
+per backbone, --backbones) can share the work; the last one to finish writes the results, with
+the reading of them in bench/quadrants_findings.md appended (written by hand from the figures).
 
     python bench/quadrants.py [--seeds 3] [--shots 10] [--image-size 32] [--small-epochs 20]
-        [--large-epochs 4] [--pretrain-epochs 4] [--work /tmp/quadrants] [--backbones ...]
+        [--large-epochs 10] [--pretrain-epochs 4] [--work /tmp/quadrants] [--backbones ...]
 """
 
 from __future__ import annotations
@@ -66,18 +67,32 @@ CONFIGS: list[tuple[str, str, str, str | None]] = [
         for prior in (("zero", "pretrained") if strategy in L2SP_STRATEGIES else ("zero",))
     ],
 ]
+
+
+def recipe(name: str) -> dict[str, Any]:
+    return yaml.safe_load(recipe_path(name).read_text())
+
+
+def recipe_config(name: str) -> str:
+    """The configuration label of what recipe ``name`` runs (its strategy, and its prior)."""
+    model = recipe(name)["model"]
+    prior = (model.get("strategy_args") or {}).get("prior")
+    strategy = model["strategy"]
+    return f"{strategy}+L2SP" if strategy in L2SP_STRATEGIES and prior == "pretrained" else strategy
+
+
+#: The configuration each recipe (each cell's answer) runs.
+RECIPE_CONFIG = {
+    cell: recipe_config(cell)
+    for cell in ("small-similar", "small-different", "large-similar", "large-different")
+}
 #: What runs by default: the frozen strategies and the two large recipes' configurations. The
 #: others (partial, gradual, the other prior of full and lp_ft) cost more CPU time than the
 #: 45-minute budget of this benchmark on 2 shared cores allows; pass them to run them.
-SMALL_CONFIGS = ("linear_probe", "probe_stage", "full", "lp_ft+L2SP")
-LARGE_CONFIGS = ("linear_probe", "probe_stage", "full", "lp_ft+L2SP")
-#: The configuration each recipe (each cell's answer) runs.
-RECIPE_CONFIG = {
-    "small-similar": "linear_probe",
-    "small-different": "probe_stage",
-    "large-similar": "lp_ft+L2SP",
-    "large-different": "full",
-}
+SMALL_CONFIGS = (
+    "linear_probe", "probe_stage", RECIPE_CONFIG["large-different"], RECIPE_CONFIG["large-similar"]
+)  # fmt: skip
+LARGE_CONFIGS = SMALL_CONFIGS
 #: The cell each target was built to be in, per backbone.
 NOMINAL = {
     ("fmnist-src", "similar"): "similar",
@@ -88,18 +103,16 @@ NOMINAL = {
 #: Target names in the tables.
 TARGET = {"similar": "fashion 5-9", "different": "digits"}
 FROZEN = ("linear_probe", "probe_stage", "probe_stage@advised")
+#: The reading of the figures (agreements, disagreements, what changed), appended to the results.
+FINDINGS = Path(__file__).resolve().parent / "quadrants_findings.md"
 CELLS = [("small", "similar"), ("small", "different"), ("large", "similar"), ("large", "different")]
-
-
-def recipe(name: str) -> dict[str, Any]:
-    return yaml.safe_load(recipe_path(name).read_text())
 
 
 def strategy_args(strategy: str, recipe_args: dict[str, Any], prior: str | None) -> dict:
     """The recipe's settings that apply to ``strategy``, with ``prior`` set."""
     keep = {
         "linear_probe": ("bn",),
-        "probe_stage": ("stage", "bn"),
+        "probe_stage": ("stage", "standardize", "bn"),
         "partial": ("k", "layer_decay", "bn"),
         "full": ("layer_decay", "bn"),
         "gradual": ("every", "layer_decay", "bn"),
@@ -195,8 +208,8 @@ def heatmap(rows: list[str], cols: list[str], means, chosen, best, path: Path) -
                     color="white" if grid[i, j] < np.nanmean(grid[i]) else "black")  # fmt: skip
     fig.colorbar(image, ax=ax, label="test accuracy %, mean")
     ax.set_title(
-        "Test accuracy per cell and backbone (* best; [advise] = advise's strategy,\n"
-        "at the stage advise picked; n=1 cells are single-seed)",
+        "Test accuracy per cell and backbone (* best; [advise] = advise's configuration;\n"
+        "probe_stage@advised: probe_stage at the stage advise picked; n=1 cells are single-seed)",
         fontsize=10,
     )
     fig.tight_layout()
@@ -210,7 +223,7 @@ def main() -> None:
     parser.add_argument("--shots", type=int, default=10)
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--small-epochs", type=int, default=20)
-    parser.add_argument("--large-epochs", type=int, default=4)
+    parser.add_argument("--large-epochs", type=int, default=10)
     parser.add_argument("--pretrain-epochs", type=int, default=4)
     parser.add_argument("--work", default="/tmp/quadrants")
     parser.add_argument(
@@ -393,8 +406,8 @@ def report_results(opts, source, advice, done, seconds) -> None:
                 "nominal_vs_best": m,
             }  # fmt: skip
             rows.append(f"{size} {TARGET[sim]} / {bname}")
-            means.append([per[lab][0] if lab in per else None for lab in labels])
-            chosen.append(pick if pick != "probe_stage@advised" else "probe_stage")
+            means.append([per[lab][0] if lab in per else None for lab in cols])
+            chosen.append(pick)
             best.append(a["best"])
             cells = [
                 ("**" + _fmt(per[lab]) + "**" if lab == a["best"] else _fmt(per[lab]))
@@ -445,7 +458,7 @@ def report_results(opts, source, advice, done, seconds) -> None:
         print("no configuration has enough seeds yet; nothing written")
         return
     RESULTS.mkdir(exist_ok=True)
-    heatmap(rows, labels, means, chosen, best, RESULTS / "quadrants.png")
+    heatmap(rows, cols, means, chosen, best, RESULTS / "quadrants.png")
     header = (
         "| size | target | backbone | " + " | ".join(cols)
         + " | matrix by construction → recipe's config | advise (evidence) → config |\n|"
@@ -471,14 +484,16 @@ def report_results(opts, source, advice, done, seconds) -> None:
         "Run as two processes that share the work directory: `python bench/quadrants.py "
         "--backbones fmnist-src & python bench/quadrants.py --backbones imagenet` (plain "
         "`python bench/quadrants.py` runs both backbones in one process). Cut to fit the "
-        "budget: by default every cell runs linear_probe, probe_stage, full (weight decay) and "
-        "lp_ft+L2SP on every seed; partial, gradual, full+L2SP and lp_ft (no L2-SP) ran on "
-        "seed 0 only in a few rows, before the cut (marked n=1; they do not compete for "
-        "best). `--small-configs` / `--large-configs` add them.\n\n"
+        f"budget: by default every cell runs {', '.join(SMALL_CONFIGS)} on every seed. "
+        "`--small-configs` / `--large-configs` add the others (partial, gradual, the other "
+        "prior of full and lp_ft) where they were asked for; those run on fewer seeds are "
+        "marked n=1 and do not compete for best.\n\n"
         + header + "\n".join(table)
         + "\n\n![quadrants](results/quadrants.png)\n\n### Per row\n\n"
         + "\n".join(bullets) + "\n"
     )  # fmt: skip
+    if FINDINGS.is_file():
+        markdown += "\n" + FINDINGS.read_text()
     write(
         "Quadrants: the transfer-learning matrix, measured",
         markdown,

@@ -53,8 +53,11 @@ def test_each_cell_gets_its_strategy() -> None:
     assert plans["large-similar"].layer_decay < 1
     assert plans["large-different"].name == "full"
     assert plans["large-different"].layer_decay < 1
-    # lower layers adapt more on different data: a gentler decay than on similar data
-    assert plans["large-different"].layer_decay > plans["large-similar"].layer_decay
+    # lower layers adapt at least as much on different data: never a stronger decay than on
+    # similar data (bench/quadrants.py measured 0.8 as too strong even there; both use 0.9)
+    assert plans["large-different"].layer_decay >= plans["large-similar"].layer_decay
+    # the probe phase is short: the cosine schedule spans both phases (bench/quadrants.py)
+    assert plans["large-similar"].name != "lp_ft" or plans["large-similar"].probe_epochs <= 1
     for name in ("small-similar", "small-different"):
         assert plans[name].frozen_backbone
         assert _config(name)["data"]["augment"] == "none", "frozen features are cached"

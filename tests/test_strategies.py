@@ -5,12 +5,14 @@ from __future__ import annotations
 import lightning as L
 import pytest
 import torch
+import yaml
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from torch import nn
 from torch.utils.data import DataLoader, Sampler, TensorDataset
 
 from tlkit.errors import TlkitError
 from tlkit.module import TransferModule
+from tlkit.recipes import recipe_path
 from tlkit.strategies import STRATEGIES, create_strategy
 
 NUM_CLASSES = 3
@@ -157,13 +159,84 @@ def test_probe_stage_reads_its_stage_and_never_runs_the_layers_above(stage: int)
         lambda *_: calls.__setitem__("last", calls["last"] + 1)
     )
     _fit(model, 1)
-    assert calls["stage"] == 3  # one per batch
+    assert calls["stage"] == 3 + 3  # one per batch, after one pass for the head's statistics
     assert calls["last"] == 0
 
 
 def test_probe_stage_out_of_range_is_a_user_error() -> None:
     with pytest.raises(TlkitError, match="stage 7 out of range"):
         _module("probe_stage", strategy_args={"stage": 7})
+
+
+def _early_stage_features(width: int, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pooled activations like an early stage's: a large offset shared by every image, and the
+    class signal a thousandth of it, spread over all channels."""
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % NUM_CLASSES
+    means = torch.randn(NUM_CLASSES, width, generator=torch.Generator().manual_seed(99))
+    noise = torch.randn(n, width, generator=generator)
+    return 1.0 + 1e-3 * (means[labels] + 0.7 * noise), labels
+
+
+def _probe_on_features(standardize: bool, train, test) -> float:
+    """A probe_stage head fitted with the small-different recipe's optimizer settings (20 epochs
+    of batches of 32) on cached features; its test accuracy."""
+    recipe = yaml.safe_load(recipe_path("small-different").read_text())["model"]
+    settings = ("optimizer", "lr", "weight_decay", "scheduler", "warmup_epochs")
+    model = _module(
+        "probe_stage", strategy_args={"stage": 1, "standardize": standardize},
+        **{k: recipe[k] for k in settings},
+    )  # fmt: skip
+    loader = DataLoader(TensorDataset(*train), batch_size=32, sampler=EpochSampler(len(train[1])))
+    _trainer(20).fit(model, train_dataloaders=loader)
+    model.eval()
+    with torch.no_grad():
+        return float((model(test[0]).argmax(1) == test[1]).float().mean())
+
+
+def test_probe_stage_head_trains_as_well_as_the_ridge_probe_advise_scores() -> None:
+    # advise picks a stage by a ridge probe on standardised features; the head that then trains
+    # on that stage must see the same scale, or a stage that advise rates high underfits.
+    from tlkit.strategies.advise import ridge_cv_scores
+
+    width = _module("probe_stage", strategy_args={"stage": 1}).head[-1].in_features
+    train, test = _early_stage_features(width, 60, 0), _early_stage_features(width, 300, 1)
+    both = torch.cat([train[0], test[0]]), torch.cat([train[1], test[1]])
+    split = [(torch.arange(60).numpy(), torch.arange(60, 360).numpy())]
+    ridge = ridge_cv_scores(both[0], both[1], split)[0]
+    assert ridge > 0.8
+    assert _probe_on_features(True, train, test) >= ridge - 0.1
+    assert _probe_on_features(False, train, test) < 0.6  # raw features: the head barely moves
+
+
+def test_probe_stage_head_standardises_with_training_statistics() -> None:
+    model = _module("probe_stage", strategy_args={"stage": -2})
+    layer = model.head.standardizer
+    assert layer is not None and not bool(layer.fitted)
+    _fit(model, 1)
+    assert bool(layer.fitted)
+    model.eval()
+    with torch.no_grad():
+        features = torch.cat([model.encode(x) for x, _ in _loader()]).double()
+    torch.testing.assert_close(layer.mean, features.mean(0).float(), rtol=1e-4, atol=1e-5)
+    std = features.std(0, unbiased=False).float()
+    std = torch.where(std < 1e-6 * std.max(), torch.ones_like(std), std)
+    torch.testing.assert_close(layer.std, std, rtol=1e-4, atol=1e-5)
+    # The statistics are fixed once: a second fit (a resumed run) keeps them.
+    mean = layer.mean.clone()
+    _fit(model, 1)
+    assert torch.equal(layer.mean, mean)
+    assert _module("linear_probe").head.standardizer is None
+    assert _module("probe_stage", strategy_args={"standardize": False}).head.standardizer is None
+
+
+def test_a_probe_stage_head_saved_without_standardisation_still_loads() -> None:
+    old = _module("probe_stage", strategy_args={"stage": 1, "standardize": False})
+    new = _module("probe_stage", strategy_args={"stage": 1})
+    new.load_state_dict(old.state_dict())
+    x = torch.randn(4, new.head[-1].in_features)
+    torch.testing.assert_close(new.head(x), old.head(x))
+    assert bool(new.head.standardizer.fitted)
 
 
 # --- unfreezing schedules --------------------------------------------------------------------

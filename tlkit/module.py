@@ -25,13 +25,72 @@ from tlkit.optim import OPTIMIZERS, build_optimizer
 from tlkit.schedules import SCHEDULES, make_schedule
 from tlkit.strategies import Strategy, create_strategy, layer_groups
 
-__all__ = ["Classifier", "Head", "TransferModule", "pooled_features"]
+__all__ = ["Classifier", "Head", "Standardize", "TransferModule", "pooled_features"]
+
+
+class Standardize(nn.Module):
+    """``(x - mean) / std`` per feature, with statistics fixed from the training set.
+
+    The statistics are buffers (saved in checkpoints, never trained); until :meth:`fit` sets
+    them the module is the identity.
+    """
+
+    def __init__(self, features: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(features))
+        self.register_buffer("std", torch.ones(features))
+        self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
+
+    @torch.no_grad()
+    def fit(self, total: torch.Tensor, total_sq: torch.Tensor, count: float) -> None:
+        """Set the statistics from per-feature sums of ``x`` and ``x**2`` over ``count`` rows."""
+        mean = total.double() / max(count, 1.0)
+        var = (total_sq.double() / max(count, 1.0) - mean**2).clamp_min(0.0)
+        std = var.sqrt()
+        # A constant feature carries nothing: leave it unscaled rather than divide by ~0.
+        std = torch.where(std < 1e-6 * std.max().clamp_min(1e-12), torch.ones_like(std), std)
+        self.mean.copy_(mean.to(self.mean))
+        self.std.copy_(std.to(self.std))
+        self.fitted.fill_(True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+def _load_without_standardizer(state: dict[str, Any], prefix: str, *args: Any) -> None:
+    """Let a head without the standardisation layer (an older checkpoint) load into one that
+    has it: its layers move up one place and the new layer loads as the identity."""
+    mine = [k for k in state if k.startswith(prefix)]
+    if not mine or f"{prefix}0.mean" in state:
+        return
+    moved = {}
+    for key in mine:
+        index, rest = key[len(prefix) :].split(".", 1)
+        if index.isdigit():
+            moved[(int(index) + 1, rest)] = state.pop(key)
+    if not moved:
+        return
+    for (index, rest), value in moved.items():
+        state[f"{prefix}{index}.{rest}"] = value
+    width = min((i, v.shape[1]) for (i, r), v in moved.items() if r == "weight")[1]
+    state[f"{prefix}0.mean"] = torch.zeros(width)
+    state[f"{prefix}0.std"] = torch.ones(width)
+    state[f"{prefix}0.fitted"] = torch.ones((), dtype=torch.bool)
 
 
 class Head(nn.Sequential):
-    """Dropout -> Linear, or Linear -> GELU -> Dropout -> Linear with a hidden layer."""
+    """Dropout -> Linear, or Linear -> GELU -> Dropout -> Linear with a hidden layer; with
+    ``standardize``, a :class:`Standardize` layer first."""
 
-    def __init__(self, in_features: int, num_classes: int, hidden: int = 0, dropout: float = 0.0):
+    def __init__(
+        self,
+        in_features: int,
+        num_classes: int,
+        hidden: int = 0,
+        dropout: float = 0.0,
+        standardize: bool = False,
+    ):
+        first: list[nn.Module] = [Standardize(in_features)] if standardize else []
         if hidden > 0:
             layers = [
                 nn.Dropout(dropout),
@@ -42,7 +101,14 @@ class Head(nn.Sequential):
             ]
         else:
             layers = [nn.Dropout(dropout), nn.Linear(in_features, num_classes)]
-        super().__init__(*layers)
+        super().__init__(*first, *layers)
+        if standardize:
+            self._register_load_state_dict_pre_hook(_load_without_standardizer)
+
+    @property
+    def standardizer(self) -> Standardize | None:
+        """The input standardisation layer, if the head has one."""
+        return self[0] if isinstance(self[0], Standardize) else None
 
 
 def pooled_features(backbone: nn.Module, images: torch.Tensor, stage: int | None) -> torch.Tensor:
@@ -227,7 +293,9 @@ class TransferModule(L.LightningModule):
             in_features = info[stage]["num_chs"]
         else:
             in_features = self.backbone.num_features
-        self.head = Head(in_features, num_classes, head_hidden, dropout)
+        self.head = Head(
+            in_features, num_classes, head_hidden, dropout, standardize=self.strategy.standardize
+        )
         self.val_metrics = _metrics(num_classes, "val_")
         self.test_metrics = _metrics(num_classes, "test_")
         self.test_confusion = MulticlassConfusionMatrix(num_classes)
@@ -300,6 +368,48 @@ class TransferModule(L.LightningModule):
         if mode:
             self._apply_eval_policy()
         return self
+
+    def on_train_start(self) -> None:
+        self._fit_standardizer()
+
+    @torch.no_grad()
+    def _fit_standardizer(self) -> None:
+        """Fix the head's feature statistics from the training set, once (a resumed run keeps
+        those of its checkpoint).
+
+        One pass in order over the training data (cached features, or the frozen backbone's
+        features of the training images); the global RNG is left as it was, and under DDP the
+        sums are reduced over ranks so every rank gets the same statistics.
+        """
+        layer = self.head.standardizer
+        if layer is None or bool(layer.fitted):
+            return
+        loader = self.trainer.train_dataloader
+        dataset = getattr(loader, "dataset", None)
+        if dataset is None:
+            raise TlkitError("standardising the head's features needs a map-style training set")
+        batch_size = getattr(loader, "batch_size", None) or 64
+        total = torch.zeros(layer.mean.shape, dtype=torch.float64, device=self.device)
+        total_sq = torch.zeros_like(total)
+        count = torch.zeros((), dtype=torch.float64, device=self.device)
+        was_training = self.backbone.training
+        self.backbone.eval()
+        with torch.random.fork_rng(devices=[]):
+            ordered = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
+            for batch in ordered:
+                inputs = batch[0] if isinstance(batch, (tuple, list)) else batch
+                inputs = inputs.to(self.device)
+                features = (inputs if inputs.ndim == 2 else self.encode(inputs)).double()
+                total += features.sum(0)
+                total_sq += features.pow(2).sum(0)
+                count += features.shape[0]
+        self.backbone.train(was_training)
+        if self.training:
+            self._apply_eval_policy()
+        total = self.trainer.strategy.reduce(total, reduce_op="sum")
+        total_sq = self.trainer.strategy.reduce(total_sq, reduce_op="sum")
+        count = self.trainer.strategy.reduce(count, reduce_op="sum")
+        layer.fit(total, total_sq, float(count))
 
     def on_train_epoch_start(self) -> None:
         self._apply_plan(self.current_epoch)
@@ -398,9 +508,13 @@ class TransferModule(L.LightningModule):
         inputs, targets = batch
         logits = self(inputs)
         self.log(f"{prefix}loss", self._loss(logits, targets), on_epoch=True, sync_dist=True)
-        metrics.update(logits, targets)
-        self.log_dict(metrics, on_epoch=True, prog_bar=prefix == "val_")
+        metrics.update(logits, targets)  # logged once per epoch: per-step logging costs more
         return logits
+
+    def _log_metrics(self, metrics: MetricCollection, prog_bar: bool) -> None:
+        # compute() gathers the states of every rank, so the values need no further sync.
+        self.log_dict(metrics.compute(), prog_bar=prog_bar)
+        metrics.reset()
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self._eval_step(batch, self.val_metrics, "val_")
@@ -409,10 +523,18 @@ class TransferModule(L.LightningModule):
         logits = self._eval_step(batch, self.test_metrics, "test_")
         self.test_confusion.update(logits, batch[1])
 
+    def on_validation_epoch_start(self) -> None:
+        self.val_metrics.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics(self.val_metrics, prog_bar=True)
+
     def on_test_epoch_start(self) -> None:
+        self.test_metrics.reset()
         self.test_confusion.reset()
 
     def on_test_epoch_end(self) -> None:
+        self._log_metrics(self.test_metrics, prog_bar=False)
         self.last_test_confusion = self.test_confusion.compute().cpu()
 
     def predict_step(self, batch, batch_idx: int) -> torch.Tensor:

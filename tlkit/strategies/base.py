@@ -86,6 +86,8 @@ class Strategy:
     frozen_backbone: ClassVar[bool] = False
     #: Index into the backbone's feature stages the head reads from (``None``: final features).
     feature_stage: int | None = None
+    #: True when the head standardises its input features with statistics of the training set.
+    standardize: bool = False
 
     def __init__(
         self,
@@ -139,18 +141,29 @@ class ProbeStage(Strategy):
 
     For small data unlike the pretraining data: the top features are too source-specific.
 
+    Pooled activations of different stages differ in scale by orders of magnitude (an early
+    stage's are small and nearly constant across channels), so by default the head standardises
+    each feature with the mean and standard deviation of the training set before its linear
+    layer: it then sees what ``tlkit advise`` scores when it picks a stage (a linear probe on
+    standardised features), and one learning rate suits every stage.
+
     Args:
         stage: Index into the backbone's feature stages (timm ``feature_info``); negative counts
             from the top, so ``-2`` is the stage below the last.
+        standardize: Standardise the pooled features in the head (statistics of the training
+            set, fixed before the first step; the feature cache holds the raw features).
         **kwargs: See :class:`Strategy`.
     """
 
     frozen_backbone = True
 
-    def __init__(self, stage: int = -2, **kwargs: Any) -> None:
+    def __init__(self, stage: int = -2, standardize: bool = True, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.stage = _integer("probe_stage: stage", stage)
+        if not isinstance(standardize, bool):
+            raise TlkitError(f"probe_stage: standardize must be true or false, got {standardize!r}")
         self.feature_stage = self.stage
+        self.standardize = standardize
 
     def trainable(self, epoch: int, num_groups: int) -> list[bool]:
         return [False] * num_groups
