@@ -33,8 +33,8 @@ SMALL = {
         "TLKIT_NB_ADVISE_REPEATS": "1",
     },
     "snapshot_ensembles.ipynb": {
-        "TLKIT_NB_EPOCHS": "5",
-        "TLKIT_NB_CYCLES": "5",
+        "TLKIT_NB_EPOCHS": "3",
+        "TLKIT_NB_CYCLES": "3",
         "TLKIT_NB_IMAGE_SIZE": "32",
         "TLKIT_NB_SHOTS": "5",
     },
@@ -137,8 +137,8 @@ def test_strategy_matrix(tmp_path, monkeypatch, repo_unchanged):
 def test_snapshot_ensembles(tmp_path, monkeypatch, repo_unchanged):
     notebook = _execute("snapshot_ensembles.ipynb", tmp_path, monkeypatch)
     text = _stdout(notebook)
-    assert "snapshots of cycles [1, 2, 3, 4, 5]" in text
-    ensemble = re.search(r"ensemble of all 5: (\d\.\d+) \(callback: (\d\.\d+)\)", text)
+    assert "snapshots of cycles [1, 2, 3]" in text
+    ensemble = re.search(r"ensemble of all 3: (\d\.\d+) \(callback: (\d\.\d+)\)", text)
     assert ensemble, "the per-snapshot evaluation did not run"
     assert float(ensemble.group(1)) == pytest.approx(float(ensemble.group(2)), abs=2e-3)
     assert _number(text, r"ensemble test accuracy: (\d\.\d+)") > 0.1

@@ -34,7 +34,8 @@ EPOCHS = 4
 TIMEOUT = 300
 # A strategy with state (gradual unfreezing), seeded augmentation, dropout, and a callback with
 # state (the snapshot ensemble's LR cycles and snapshots): everything a resume must restore.
-ARGS = ["--recipe", "snapshot-ensemble", "--model.strategy", "gradual", "--model.lr", "0.003",
+ARGS = ["--recipe", "snapshot-ensemble", "--model.strategy", "gradual",
+        "--model.strategy_args", "{bn: frozen_eval}", "--model.lr", "0.003",
         "--epochs", str(EPOCHS), "--image-size", "32", "--batch-size", "4",
         "--data.augment", "light", "--trainer.enable_progress_bar", "false"]  # fmt: skip
 

@@ -9,6 +9,7 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 
+from tlkit.callbacks._common import require_fit_end, total_steps
 from tlkit.errors import TlkitError, unknown_name
 from tlkit.schedules import Schedule, make_schedule
 
@@ -141,12 +142,7 @@ class LRDecay(Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        endless = trainer.max_epochs is None or trainer.max_epochs < 0
-        if endless and (trainer.max_steps is None or trainer.max_steps < 0):
-            raise TlkitError(
-                "LRDecay: the fit has no end, so the schedule has no length; "
-                "set trainer.max_epochs or trainer.max_steps"
-            )
+        require_fit_end(trainer, "LRDecay", "the schedule has no length")
         if self.schedule == "plateau" and trainer.limit_val_batches == 0:
             raise TlkitError(
                 "LRDecay: schedule 'plateau' watches a validation metric but validation is "
@@ -154,16 +150,11 @@ class LRDecay(Callback):
             )
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        estimate = trainer.estimated_stepping_batches
-        if not math.isfinite(estimate):
-            raise TlkitError(
-                "LRDecay: cannot tell how many optimizer steps the fit has; "
-                "set trainer.max_epochs or trainer.max_steps"
-            )
+        estimate = total_steps(trainer, "LRDecay")
         batches = trainer.num_training_batches
         accumulate = max(int(trainer.accumulate_grad_batches), 1)
         if self._total is None:
-            self._total = int(estimate)
+            self._total = estimate
             per_epoch = math.ceil(batches / accumulate) if math.isfinite(batches) else 0
             self._steps_per_epoch = max(int(per_epoch), 1)
         self._curve = self._build_curve()

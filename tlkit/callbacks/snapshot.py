@@ -8,7 +8,6 @@ prediction time (mean of their softmax outputs).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from safetensors.torch import save_file
 from torch import nn
 
+from tlkit.callbacks._common import require_fit_end, total_steps
 from tlkit.callbacks.lr_decay import LRDecay
 from tlkit.errors import TlkitError
 from tlkit.schedules import cycle_bounds, cyclic_cosine
@@ -160,26 +160,16 @@ class SnapshotEnsemble(Callback):
             raise TlkitError(
                 "SnapshotEnsemble sets the learning rate itself; remove the LRDecay callback"
             )
-        endless_epochs = trainer.max_epochs is None or trainer.max_epochs < 0
-        if endless_epochs and (trainer.max_steps is None or trainer.max_steps < 0):
-            raise TlkitError(
-                "SnapshotEnsemble: the fit has no end, so its cycles have no length; "
-                "set trainer.max_epochs or trainer.max_steps"
-            )
+        require_fit_end(trainer, "SnapshotEnsemble", "its cycles have no length")
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        estimate = trainer.estimated_stepping_batches
-        if not math.isfinite(estimate):
-            raise TlkitError(
-                "SnapshotEnsemble: cannot tell how many optimizer steps the fit has; "
-                "set trainer.max_epochs or trainer.max_steps"
-            )
+        estimate = total_steps(trainer, "SnapshotEnsemble")
         if self._total is None:
-            self._total = int(estimate)
-        elif self._total != int(estimate):
+            self._total = estimate
+        elif self._total != estimate:
             rank_zero_warn(
                 f"SnapshotEnsemble: keeping the schedule of {self._total} steps from the "
-                f"checkpoint although this fit is estimated at {int(estimate)} steps"
+                f"checkpoint although this fit is estimated at {estimate} steps"
             )
         if self._total < self.cycles:
             raise TlkitError(
