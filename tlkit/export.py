@@ -10,8 +10,8 @@ import torch
 from safetensors.torch import save_file
 
 from tlkit.errors import TlkitError
+from tlkit.heads import Classifier
 from tlkit.inference import LoadedModel
-from tlkit.module import Classifier
 from tlkit.utils import atomic_path
 
 __all__ = ["FORMATS", "export", "timm_state_dict"]

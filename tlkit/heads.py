@@ -1,0 +1,121 @@
+"""Heads: what reads a backbone's pooled features and predicts classes.
+
+:class:`Head` is dropout and a linear layer (optionally a hidden layer first, and a
+:class:`Standardize` layer that scales each feature by training-set statistics);
+:func:`pooled_features` pools the final or an intermediate stage of a timm backbone;
+:class:`Classifier` joins them into a plain ``images -> logits`` module for export.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["Classifier", "Head", "Standardize", "pooled_features"]
+
+
+class Standardize(nn.Module):
+    """``(x - mean) / std`` per feature, with statistics fixed from the training set.
+
+    The statistics are buffers (saved in checkpoints, never trained); until :meth:`fit` sets
+    them the module is the identity.
+    """
+
+    def __init__(self, features: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(features))
+        self.register_buffer("std", torch.ones(features))
+        self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
+
+    @torch.no_grad()
+    def fit(self, total: torch.Tensor, total_sq: torch.Tensor, count: float) -> None:
+        """Set the statistics from per-feature sums of ``x`` and ``x**2`` over ``count`` rows."""
+        mean = total.double() / max(count, 1.0)
+        var = (total_sq.double() / max(count, 1.0) - mean**2).clamp_min(0.0)
+        std = var.sqrt()
+        # A constant feature carries nothing: leave it unscaled rather than divide by ~0.
+        std = torch.where(std < 1e-6 * std.max().clamp_min(1e-12), torch.ones_like(std), std)
+        self.mean.copy_(mean.to(self.mean))
+        self.std.copy_(std.to(self.std))
+        self.fitted.fill_(True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+def _load_without_standardizer(state: dict[str, Any], prefix: str, *args: Any) -> None:
+    """Let a head without the standardisation layer (an older checkpoint) load into one that
+    has it: its layers move up one place and the new layer loads as the identity."""
+    mine = [k for k in state if k.startswith(prefix)]
+    if not mine or f"{prefix}0.mean" in state:
+        return
+    moved = {}
+    for key in mine:
+        index, rest = key[len(prefix) :].split(".", 1)
+        if index.isdigit():
+            moved[(int(index) + 1, rest)] = state.pop(key)
+    if not moved:
+        return
+    for (index, rest), value in moved.items():
+        state[f"{prefix}{index}.{rest}"] = value
+    width = min((i, v.shape[1]) for (i, r), v in moved.items() if r == "weight")[1]
+    state[f"{prefix}0.mean"] = torch.zeros(width)
+    state[f"{prefix}0.std"] = torch.ones(width)
+    state[f"{prefix}0.fitted"] = torch.ones((), dtype=torch.bool)
+
+
+class Head(nn.Sequential):
+    """Dropout -> Linear, or Linear -> GELU -> Dropout -> Linear with a hidden layer; with
+    ``standardize``, a :class:`Standardize` layer first."""
+
+    def __init__(
+        self,
+        in_features: int,
+        num_classes: int,
+        hidden: int = 0,
+        dropout: float = 0.0,
+        standardize: bool = False,
+    ):
+        first: list[nn.Module] = [Standardize(in_features)] if standardize else []
+        if hidden > 0:
+            layers = [
+                nn.Dropout(dropout),
+                nn.Linear(in_features, hidden),
+                nn.GELU(),
+                nn.Dropout(dropout),
+                nn.Linear(hidden, num_classes),
+            ]
+        else:
+            layers = [nn.Dropout(dropout), nn.Linear(in_features, num_classes)]
+        super().__init__(*first, *layers)
+        if standardize:
+            self._register_load_state_dict_pre_hook(_load_without_standardizer)
+
+    @property
+    def standardizer(self) -> Standardize | None:
+        """The input standardisation layer, if the head has one."""
+        return self[0] if isinstance(self[0], Standardize) else None
+
+
+def pooled_features(backbone: nn.Module, images: torch.Tensor, stage: int | None) -> torch.Tensor:
+    """Globally pooled features of a timm backbone: final ones, or those of feature ``stage``."""
+    if stage is None:
+        return backbone(images)
+    index = stage % len(backbone.feature_info)
+    maps = backbone.forward_intermediates(
+        images, indices=[index], intermediates_only=True, stop_early=True
+    )
+    return maps[-1].mean(dim=(2, 3))
+
+
+class Classifier(nn.Module):
+    """A plain ``images -> logits`` module (backbone, pooling, head) for tracing and export."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module, stage: int | None = None) -> None:
+        super().__init__()
+        self.backbone, self.head, self.stage = backbone, head, stage
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(pooled_features(self.backbone, images, self.stage))
