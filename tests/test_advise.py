@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tlkit.advise_cli import advise_command, auto_recipe
+from tlkit.advise_cli import _baseline, advise_command, auto_recipe
 from tlkit.errors import TlkitError
 from tlkit.recipes import recipe_path
 from tlkit.strategies.advise import (
@@ -201,6 +201,21 @@ def test_advise_summary_names_cell_recipe_and_next_step(tmp_path: Path, capsys) 
     assert "blocks.4" in out
     assert "small-different" in out
     assert "--model.strategy_args.stage" in out
+
+
+def test_large_cells_name_the_frozen_probe_to_fit_first() -> None:
+    stages = [
+        {"name": "blocks.0", "index": 0, "accuracy": 0.70},
+        {"name": "blocks.4", "index": 3, "accuracy": 0.90},
+        {"name": "top", "index": None, "accuracy": 0.82},
+    ]
+    report = {"recipe": "large-different", "evidence": {"stages": stages}}
+    line = _baseline(report, "DATA")
+    assert "blocks.4 scores 0.900" in line
+    assert line.endswith("--recipe small-different --data DATA --model.strategy_args.stage 3")
+    stages[2]["accuracy"] = 0.95
+    assert _baseline(report, "DATA").endswith("--recipe small-similar --data DATA")
+    assert _baseline({**report, "recipe": "small-different"}, "DATA") is None
 
 
 @pytest.mark.parametrize(

@@ -70,6 +70,28 @@ def _next_command(report: dict[str, Any], data: str) -> str:
     return command
 
 
+def _baseline(report: dict[str, Any], data: str) -> str | None:
+    """For the large cells: the frozen probe to fit first, with its measured accuracy.
+
+    Fine-tuning is slow and the measured probe is fast (cached features), and a good probe can
+    match it: in bench/quadrants one large row in four was won by a frozen probe_stage.
+    """
+    if not report["recipe"].startswith("large"):
+        return None
+    best = max(report["evidence"]["stages"], key=lambda stage: stage["accuracy"])
+    if best["index"] is None:
+        command = f"tlkit finetune --recipe small-similar --data {data}"
+    else:
+        command = (
+            f"tlkit finetune --recipe small-different --data {data} "
+            f"--model.strategy_args.stage {best['index']}"
+        )
+    return (
+        f"baseline: a frozen probe on {best['name']} scores {best['accuracy']:.3f} here; it fits "
+        f"in seconds on cached features, so fit it first to see what fine-tuning adds: {command}"
+    )
+
+
 def _print_summary(report: dict[str, Any], data: str) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -116,6 +138,9 @@ def _print_summary(report: dict[str, Any], data: str) -> None:
     )
     console.print(f"why: {evidence['reason']}", highlight=False)
     console.print(f"next: {_next_command(report, data)}", highlight=False)
+    baseline = _baseline(report, data)
+    if baseline:
+        console.print(baseline, highlight=False)
 
 
 def advise_command(argv: list[str]) -> int:
