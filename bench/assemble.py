@@ -22,10 +22,11 @@ def main() -> None:
     head = [
         "# Benchmark results",
         "",
-        "Each figure is a ratio measured side by side in one run (contenders interleaved,",
-        "medians), so it survives the noise of a shared machine. Rerun everything with",
-        "`bench/run_all.sh` (about 15 minutes on 2 CPU cores) or one script with the command",
-        "in its section.",
+        "Each speed figure is a ratio measured side by side in one run (contenders",
+        "interleaved, medians), so it survives the noise of a shared machine. Rerun the speed",
+        "benchmarks with `bench/run_all.sh` (about 8 minutes on 2 CPU cores); the ensemble",
+        "(about 10 minutes) and quadrant (30-60 minutes) benchmarks run on their own. Every",
+        "section gives its command.",
         "",
         f"Machine: {info['cores']} CPU cores, torch {info['torch']} with {info['torch_threads']} "
         f"threads, Python {info['python']}, GPU: {info['gpu'] or 'none'}.",

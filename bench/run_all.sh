@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Run every benchmark (about 10-15 minutes on 2 CPU cores) and assemble bench/RESULTS.md.
+# Run the speed benchmarks (about 8 minutes on 2 CPU cores) and assemble bench/RESULTS.md.
+# The ensemble and quadrant benchmarks are longer: run ensemble.py and quadrants.py on their own.
 # Run it on an otherwise idle machine; each script measures its contenders interleaved.
 set -euo pipefail
 cd "$(dirname "$0")"
