@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -126,6 +127,13 @@ def test_runs_started_in_the_same_second_get_their_own_directories(tmp_path):
     dirs = [_new_run_dir(tmp_path / "runs", "small-similar") for _ in range(3)]
     assert len(set(dirs)) == 3
     assert all(d.is_dir() and not any(d.iterdir()) for d in dirs)
+
+
+def test_runs_started_together_share_the_runs_folder_without_tripping_each_other(tmp_path):
+    with ThreadPoolExecutor(8) as pool:
+        dirs = list(pool.map(lambda _: _new_run_dir(tmp_path / "runs", "r"), range(64)))
+    assert len(set(dirs)) == 64
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == sorted(d.name for d in dirs)
 
 
 def test_data_and_backbone_errors_are_one_line_without_traceback(tmp_path):

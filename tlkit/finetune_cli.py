@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -70,9 +71,9 @@ def _positive(name: str, value: float | None) -> None:
 def _writable_dir(path: Path) -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".tlkit-write-test"
-        probe.write_text("")
-        probe.unlink()
+        # A probe file of its own: runs started together may share the folder.
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".tlkit-write-test-"):
+            pass
     except OSError as err:
         raise TlkitError(
             f"cannot write to output directory {path} ({err.strerror}); pass --out DIR"
