@@ -13,13 +13,12 @@ target is similar by construction) and the same architecture with its real Image
 Every strategy runs with the hyperparameters of the recipe that ships it: linear_probe with
 small-similar, probe_stage with small-different, lp_ft and partial with large-similar, full and
 gradual with large-different; trainable ones with `prior: zero` (weight decay) or `prior:
-pretrained` (L2-SP, "+L2SP"). By default every cell runs the two frozen strategies and the two
-large recipes' configurations (each with its recipe's prior: full and lp_ft with weight decay);
-partial, gradual and the other prior of full and lp_ft fit only a longer budget: --small-configs
-/ --large-configs add them. All runs of a cell
-train for the same number of epochs, and the final weights are tested (no checkpoint
-selection). `advise` (tlkit.strategies.advise.measure, the code behind `tlkit advise` and
-`--recipe auto`) runs once per cell and backbone; its recipe's configuration is compared with the
+pretrained` (L2-SP, "+L2SP"). By default every cell runs every configuration on every seed;
+--small-configs / --large-configs run a subset (e.g. the two frozen strategies and the two large
+recipes' configurations, about half the time). All runs of a cell train for the same number of
+epochs, and the final weights are tested (no checkpoint selection). `advise`
+(tlkit.strategies.advise.measure, the code behind `tlkit advise` and `--recipe auto`) runs once
+per cell and backbone; its recipe's configuration is compared with the
 best one. Every run is appended to WORK/runs.jsonl, so a rerun resumes, and two processes (one
 per backbone, --backbones) can share the work; the last one to finish writes the results, with
 the reading of them in bench/quadrants_findings.md appended (written by hand from the figures).
@@ -86,12 +85,8 @@ RECIPE_CONFIG = {
     cell: recipe_config(cell)
     for cell in ("small-similar", "small-different", "large-similar", "large-different")
 }
-#: What runs by default: the frozen strategies and the two large recipes' configurations. The
-#: others (partial, gradual, the other prior of full and lp_ft) cost more CPU time than the
-#: 45-minute budget of this benchmark on 2 shared cores allows; pass them to run them.
-SMALL_CONFIGS = (
-    "linear_probe", "probe_stage", RECIPE_CONFIG["large-different"], RECIPE_CONFIG["large-similar"]
-)  # fmt: skip
+#: What runs by default: every configuration.
+SMALL_CONFIGS = tuple(name for name, *_ in CONFIGS)
 LARGE_CONFIGS = SMALL_CONFIGS
 #: The cell each target was built to be in, per backbone.
 NOMINAL = {
@@ -209,7 +204,7 @@ def heatmap(rows: list[str], cols: list[str], means, chosen, best, path: Path) -
     fig.colorbar(image, ax=ax, label="test accuracy %, mean")
     ax.set_title(
         "Test accuracy per cell and backbone (* best; [advise] = advise's configuration;\n"
-        "probe_stage@advised: probe_stage at the stage advise picked; n=1 cells are single-seed)",
+        "probe_stage@advised: probe_stage at the stage advise picked; n=k: fewer seeds)",
         fontsize=10,
     )
     fig.tight_layout()
@@ -228,12 +223,11 @@ def main() -> None:
     parser.add_argument("--work", default="/tmp/quadrants")
     parser.add_argument(
         "--small-configs", nargs="*", default=list(SMALL_CONFIGS),
-        help="configurations run in the small cells (default: the frozen ones, and full and "
-        "lp_ft+L2SP as the fine-tuning alternatives)",
+        help="configurations run in the small cells (default: all)",
     )  # fmt: skip
     parser.add_argument(
         "--large-configs", nargs="*", default=list(LARGE_CONFIGS),
-        help="configurations run in the large cells",
+        help="configurations run in the large cells (default: all)",
     )  # fmt: skip
     parser.add_argument(
         "--backbones", nargs="*", default=["fmnist-src", "imagenet"],
@@ -485,11 +479,10 @@ def report_results(opts, source, advice, done, seconds) -> None:
         f"{os.cpu_count()}-core machine, the wall time is about half the sum.\n\n"
         "Run as two processes that share the work directory: `python bench/quadrants.py "
         "--backbones fmnist-src & python bench/quadrants.py --backbones imagenet` (plain "
-        "`python bench/quadrants.py` runs both backbones in one process). Cut to fit the "
-        f"budget: by default every cell runs {', '.join(SMALL_CONFIGS)} on every seed. "
-        "`--small-configs` / `--large-configs` add the others (partial, gradual, the other "
-        "prior of full and lp_ft) where they were asked for; those run on fewer seeds are "
-        "marked n=1 and do not compete for best.\n\n"
+        "`python bench/quadrants.py` runs both backbones in one process). Every cell runs "
+        f"{', '.join(SMALL_CONFIGS)} on every seed; a configuration run on fewer seeds than the "
+        "others of its row (`--small-configs` / `--large-configs` pick a subset) is marked n=k "
+        "and does not compete for best.\n\n"
         + header + "\n".join(table)
         + "\n\n![quadrants](results/quadrants.png)\n\n### Per row\n\n"
         + "\n".join(bullets) + "\n"
