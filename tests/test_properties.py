@@ -26,6 +26,7 @@ from tlkit.strategies import STRATEGIES, Strategy, create_strategy, strategy_set
 
 SETTINGS = settings(
     max_examples=40,
+    derandomize=True,  # the same examples on every run: a failure here reproduces
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
@@ -219,6 +220,14 @@ def test_strategies_build_or_refuse(config):
         plan = strategy.trainable(epoch, 5)
         assert len(plan) == 5 and all(isinstance(t, bool) for t in plan)
     assert all(np.isfinite(strategy.lr_scales(5)))
+
+
+@pytest.mark.parametrize("name", ["\n", "full\n", "lp_ft\r\x00", "\t"])
+def test_a_name_with_control_characters_still_gets_a_one_line_error(name):
+    with pytest.raises(TlkitError) as caught:
+        create_strategy(name)
+    message = str(caught.value)
+    assert message.startswith("unknown strategy") and message.isprintable()
 
 
 @SETTINGS

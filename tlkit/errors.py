@@ -21,6 +21,15 @@ class TlkitError(Exception):
 
     exit_code = 2
 
+    def __init__(self, message: str = "") -> None:
+        # One line whatever the user typed: control characters (a newline in a name) are escaped.
+        text = str(message)
+        if not text.isprintable():
+            text = "".join(
+                c if c.isprintable() else c.encode("unicode_escape").decode() for c in text
+            )
+        super().__init__(text)
+
 
 class ArgumentParser(argparse.ArgumentParser):
     """An argparse parser whose errors are a :class:`TlkitError` (one line, exit code 2)."""
