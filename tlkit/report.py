@@ -96,6 +96,14 @@ def _pyplot():
     return plt
 
 
+def _save(fig, path: str | Path) -> Path:
+    """Lay out ``fig``, write it to ``path`` as a PNG and free it."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _pyplot().close(fig)
+    return Path(path)
+
+
 def confusion_matrix_png(confusion: Sequence, names: Sequence[str], path: str | Path) -> Path:
     """Save a confusion matrix (rows: true class, columns: predicted) as a PNG."""
     plt = _pyplot()
@@ -114,10 +122,7 @@ def confusion_matrix_png(confusion: Sequence, names: Sequence[str], path: str | 
             ax.text(j, i, f"{int(value)}", ha="center", va="center", fontsize=7, color=colour)
     fig.colorbar(image, ax=ax, fraction=0.046)
     ax.set_title("confusion matrix")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path)
 
 
 def _cells(n: int):
@@ -172,10 +177,7 @@ def _curves_png(rows: list[dict[str, float]], path: Path) -> Path | None:
         ax.set_title(title)
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def effective_lr(
@@ -239,10 +241,7 @@ def _lr_png(
     ax.grid(alpha=0.3)
     if len(series) <= 20:
         ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def lr_find_png(lrs: Sequence[float], losses: Sequence[float], chosen: int, path: Path) -> Path:
@@ -258,10 +257,7 @@ def lr_find_png(lrs: Sequence[float], losses: Sequence[float], chosen: int, path
     ax.set_title("LR finder")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def _per_class_png(per_class: dict[str, float | None], path: Path) -> Path:
@@ -275,10 +271,7 @@ def _per_class_png(per_class: dict[str, float | None], path: Path) -> Path:
     ax.set_ylabel("test accuracy")
     ax.set_title("per-class test accuracy")
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def _snapshots_png(metrics: dict[str, Any], path: Path) -> Path | None:
@@ -301,10 +294,7 @@ def _snapshots_png(metrics: dict[str, Any], path: Path) -> Path | None:
     ax.set_title("snapshot ensemble")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def write_run_report(
