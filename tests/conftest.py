@@ -41,6 +41,20 @@ def write_shapes(root: Path, per_class: int = 12, size: int = 32, seed: int = 0)
     return root
 
 
+def write_tinted(
+    root: Path, per_class: int, size: int, classes: tuple[str, ...] = ("red", "green", "blue")
+) -> Path:
+    """Write ``root/<class>/*.png`` noise images, each class tinted in its own RGB channel."""
+    rng = np.random.default_rng(0)
+    for c, name in enumerate(classes):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 128, (size, size, 3), dtype=np.uint8)
+            pixels[..., c] += 127
+            Image.fromarray(pixels).save(root / name / f"{i}.png")
+    return root
+
+
 @pytest.fixture(autouse=True)
 def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Point the feature cache (``$TLKIT_CACHE_DIR``) at a fresh folder for every test."""

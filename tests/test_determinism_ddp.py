@@ -15,10 +15,9 @@ from pathlib import Path
 # Lightning binds its log handler to sys.stderr when first imported: import it at collection,
 # before a test captures stderr, so the handler never writes to a closed capture stream.
 import lightning.pytorch  # noqa: F401
-import numpy as np
 import pytest
 import torch
-from PIL import Image
+from conftest import write_tinted
 
 from tlkit.cli import main
 
@@ -36,18 +35,6 @@ RUNS = {
     "snapshot": (SNAPSHOT, 8),
 }
 UNTIMED = ("fit_seconds", "best_checkpoint", "resumed_from")
-
-
-def write_images(root: Path, per_class: int = 12) -> Path:
-    """3 classes x 12: 24 train / 6 val / 6 test, so two ranks split every set evenly."""
-    rng = np.random.default_rng(0)
-    for c, name in enumerate(("red", "green", "blue")):
-        (root / name).mkdir(parents=True)
-        for i in range(per_class):
-            pixels = rng.integers(0, 128, (24, 24, 3), dtype=np.uint8)
-            pixels[..., c] += 127
-            Image.fromarray(pixels).save(root / name / f"{i}.png")
-    return root
 
 
 def _spawn(root: Path, out: str, argv: list[str], hash_seed: str) -> subprocess.Popen:
@@ -74,7 +61,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ``<run>-cache/``.
     """
     root = tmp_path_factory.mktemp("runs")
-    data = str(write_images(root / "data"))
+    # 3 classes x 12: 24 train / 6 val / 6 test, so two ranks split every set evenly.
+    data = str(write_tinted(root / "data", per_class=12, size=24))
 
     def argv(name: str, batch: int) -> list[str]:
         options, _ = RUNS[name]

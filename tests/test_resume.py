@@ -20,12 +20,11 @@ from pathlib import Path
 # Lightning binds its log handler to sys.stderr when first imported: import it at collection,
 # before a test captures stderr, so the handler never writes to a closed capture stream.
 import lightning.pytorch as pl
-import numpy as np
 import pytest
 import torch
+from conftest import write_tinted
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
-from PIL import Image
 
 from tlkit.checkpointing import AtomicCheckpointIO, LastCheckpoint, protect_checkpoints
 from tlkit.cli import main
@@ -38,17 +37,6 @@ ARGS = ["--recipe", "snapshot-ensemble", "--model.strategy", "gradual",
         "--model.strategy_args", "{bn: frozen_eval}", "--model.lr", "0.003",
         "--epochs", str(EPOCHS), "--image-size", "32", "--batch-size", "4",
         "--data.augment", "light", "--trainer.enable_progress_bar", "false"]  # fmt: skip
-
-
-def write_images(root: Path, per_class: int = 10) -> Path:
-    rng = np.random.default_rng(0)
-    for c, name in enumerate(("red", "green", "blue")):
-        (root / name).mkdir(parents=True)
-        for i in range(per_class):
-            pixels = rng.integers(0, 128, (40, 40, 3), dtype=np.uint8)
-            pixels[..., c] += 127
-            Image.fromarray(pixels).save(root / name / f"{i}.png")
-    return root
 
 
 @pytest.fixture
@@ -90,7 +78,7 @@ def test_a_killed_run_resumes_to_the_same_weights_snapshots_and_metrics(
 ):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("TLKIT_RUN_DIR", "")
-    data = write_images(tmp_path / "data")
+    data = write_tinted(tmp_path / "data", per_class=10, size=40)
     argv = ["finetune", "--data", str(data), *ARGS]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(other_filesystem)}
     victim = subprocess.Popen(

@@ -12,10 +12,9 @@ from pathlib import Path
 # Lightning binds its log handler to sys.stderr when first imported: import it at collection,
 # before a test captures stderr, so the handler never writes to a closed capture stream.
 import lightning.pytorch  # noqa: F401
-import numpy as np
 import pytest
 import torch
-from PIL import Image
+from conftest import write_tinted
 
 from tlkit.backbones import create_backbone
 from tlkit.cli import main
@@ -39,17 +38,6 @@ def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, one_thread) -> No
     monkeypatch.setenv("TLKIT_RUN_DIR", "")
 
 
-def write_images(root: Path) -> Path:
-    rng = np.random.default_rng(0)
-    for c, name in enumerate(("a", "b")):
-        (root / name).mkdir(parents=True)
-        for i in range(5):
-            pixels = rng.integers(0, 128, (16, 16, 3), dtype=np.uint8)
-            pixels[..., c] += 127
-            Image.fromarray(pixels).save(root / name / f"{i}.png")
-    return root
-
-
 def refused(capsys: pytest.CaptureFixture, argv: list[str], marker: Path) -> str:
     assert main(argv) == 2
     captured = capsys.readouterr()
@@ -62,7 +50,7 @@ def refused(capsys: pytest.CaptureFixture, argv: list[str], marker: Path) -> str
 
 
 def test_weights_and_checkpoints_with_code_load_only_when_trusted(tmp_path, capsys):
-    data = write_images(tmp_path / "data")
+    data = write_tinted(tmp_path / "data", per_class=5, size=16, classes=("a", "b"))
     marker = tmp_path / "code-ran"
     weights = {k: v.clone() for k, v in create_backbone().state_dict().items()}
     weights["conv_stem.weight"] += 0.01  # not the bundled weights: the file must be what loads
@@ -100,7 +88,7 @@ def test_weights_and_checkpoints_with_code_load_only_when_trusted(tmp_path, caps
 
 
 def test_a_tampered_last_checkpoint_is_not_resumed_unless_trusted(tmp_path, capsys):
-    data = write_images(tmp_path / "data")
+    data = write_tinted(tmp_path / "data", per_class=5, size=16, classes=("a", "b"))
     marker = tmp_path / "code-ran"
     assert main(["finetune", "--data", str(data), *QUICK, "--out", "RUN"]) == 0
     last = Path("RUN/checkpoints/last.ckpt")
