@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import csv
 import math
 from collections.abc import Sequence
@@ -204,8 +205,12 @@ def effective_lr(
         if "epoch" in r and "step" in r:
             ends[int(r["epoch"])] = max(ends.get(int(r["epoch"]), r["step"]), r["step"])
 
+    epochs = sorted(ends)
+    last_steps = [ends[e] for e in epochs]
+
     def epoch_of(step: float) -> int:
-        return next((e for e in sorted(ends) if step <= ends[e]), max(ends, default=-1) + 1)
+        i = bisect.bisect_left(last_steps, step)
+        return epochs[i] if i < len(epochs) else (epochs[-1] + 1 if epochs else 0)
 
     series = {}
     for key in keys:
