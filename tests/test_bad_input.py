@@ -23,8 +23,12 @@ import pytest
 import timm
 import torch
 from PIL import Image
+from torch.utils.data import TensorDataset
 
 from tlkit.cli import main
+from tlkit.data import TransferDataModule
+from tlkit.data.features import FeatureExtractor, cached_features
+from tlkit.errors import TlkitError
 
 QUICK = ["--epochs", "1", "--image-size", "32"]
 
@@ -418,6 +422,136 @@ def test_advise_skips_undecodable_images(capsys, unusual_run):
     assert code == 0
     report = json.loads(capsys.readouterr().out)
     assert report["num_classes"] == 3
+
+
+# --- undecodable images that leave a split or a class empty -----------------------------------
+
+NOT_AN_IMAGE = "(not a recognised image format)"
+#: The cached-feature path (the default recipe: ``augment: none``, ``cache_features: true``)
+#: and the path that decodes images every epoch.
+FEATURE_PATHS = {
+    "cached": [],
+    "uncached": ["--data.augment", "light", "--data.cache_features", "false"],
+}
+TINY = ["--backbone", "test_efficientnet", "--model.pretrained", "false"]
+
+
+def _break(folder: Path) -> None:
+    """Overwrite every PNG below ``folder`` with bytes that are no image."""
+    for path in folder.rglob("*.png"):
+        path.write_bytes(b"not an image")
+
+
+def _all_undecodable(tmp: Path) -> tuple[Path, str]:
+    root = write_classes(tmp / "flat")
+    _break(root)
+    return root, f"no decodable images in {root} (12 undecodable, e.g. {root}/circle/circle_0"
+
+
+def _class_undecodable(tmp: Path) -> tuple[Path, str]:
+    root = write_classes(tmp / "flat")
+    _break(root / "square")
+    # 4 per class: 1 held out for test, 1 for val, 2 left to train on.
+    return root, (
+        "class 'square' has no decodable training image left (2 undecodable, e.g. "
+        f"{root}/square/square_0"
+    )
+
+
+def _split_undecodable(tmp: Path, split: str) -> tuple[Path, str]:
+    root = tmp / "splits"
+    for name in ("train", "val", "test"):
+        write_classes(root / name)
+    _break(root / split)
+    return root, f"no decodable images left in {split} (12 undecodable, e.g. {root}/{split}/"
+
+
+UNDECODABLE_CASES: dict[str, tuple[Callable[[Path], tuple[Path, str]], str]] = {
+    "all files": (_all_undecodable, f"{NOT_AN_IMAGE}); replace or remove them"),
+    "one class": (_class_undecodable, f"{NOT_AN_IMAGE}); replace them or remove the class"),
+    "val/": (
+        lambda tmp: _split_undecodable(tmp, "val"),
+        f"{NOT_AN_IMAGE}); replace or remove them, or remove val/ to hold out part of train",
+    ),
+    "test/": (
+        lambda tmp: _split_undecodable(tmp, "test"),
+        f"{NOT_AN_IMAGE}); replace or remove them, or remove test/ to hold out part of train",
+    ),
+}
+
+
+@pytest.mark.parametrize("path", list(FEATURE_PATHS))
+@pytest.mark.parametrize("case", list(UNDECODABLE_CASES))
+def test_undecodable_images_that_leave_nothing_to_use_stop_with_one_line(
+    tmp_path, capsys, monkeypatch, case, path
+):
+    monkeypatch.setenv("TLKIT_CACHE_DIR", str(tmp_path / "cache"))
+    make, fix = UNDECODABLE_CASES[case]
+    data, problem = make(tmp_path)
+    argv = ["finetune", "--data", data, *QUICK, *TINY, "--out", tmp_path / "RUN"]
+    line = error_line(capsys, *argv, *FEATURE_PATHS[path])
+    assert problem in line
+    assert line.endswith(fix)
+    assert not (tmp_path / "RUN").exists()
+
+
+@pytest.mark.parametrize("case", list(UNDECODABLE_CASES))
+def test_setup_refuses_them_too(tmp_path, case):
+    """``trainer.fit(model, datamodule)`` without ``tlkit finetune`` goes through ``setup``."""
+    make, fix = UNDECODABLE_CASES[case]
+    data, problem = make(tmp_path)
+    dm = TransferDataModule(str(data), backbone="test_efficientnet", image_size=32)
+    with pytest.raises(TlkitError) as refused:
+        dm.setup("fit")
+    assert problem in str(refused.value)
+    assert str(refused.value).endswith(fix)
+
+
+def test_strict_names_the_empty_split_rather_than_strict_itself(tmp_path, capsys):
+    """Dropping --strict would not help: the message asks for images."""
+    data, problem = _split_undecodable(tmp_path, "val")
+    argv = ["finetune", "--data", data, *QUICK, *TINY, "--out", "RUN", "--strict"]
+    line = error_line(capsys, *argv)
+    assert problem in line
+    assert "--strict" not in line
+
+
+def test_a_split_folder_is_named_as_it_is_spelled(tmp_path):
+    data, _ = _split_undecodable(tmp_path, "val")
+    (data / "val").rename(data / "validation")
+    dm = TransferDataModule(str(data), backbone="test_efficientnet", image_size=32)
+    with pytest.raises(TlkitError, match=r"or remove validation/ to hold out part of train$"):
+        dm.check_images()
+
+
+def test_a_csv_split_is_removed_by_its_rows(tmp_path):
+    data, _ = _split_undecodable(tmp_path, "test")
+    rows = [
+        f"{path.relative_to(data)},{path.parent.name},{path.parts[-3]}"
+        for path in sorted(data.rglob("*.png"))
+    ]
+    (data / "list.csv").write_text("path,label,split\n" + "\n".join(rows) + "\n")
+    dm = TransferDataModule(str(data / "list.csv"), backbone="test_efficientnet", image_size=32)
+    fix = rf"or remove the test rows of {data / 'list.csv'} to hold out part of train$"
+    with pytest.raises(TlkitError, match=fix):
+        dm.check_images()
+
+
+def test_measured_images_that_all_fail_to_decode_are_refused(tmp_path):
+    """``tlkit advise`` measures a sample through ``drop_undecodable``."""
+    data, _ = _all_undecodable(tmp_path)
+    dm = TransferDataModule(str(data), backbone="test_efficientnet", image_size=32)
+    expected = r"no decodable images left in the measured images \(4 undecodable, e\.g\. "
+    with pytest.raises(TlkitError, match=expected):
+        dm.drop_undecodable("the measured images", dm.source.train.subset(range(4)))
+
+
+def test_the_feature_cache_refuses_an_empty_dataset(tmp_path):
+    extractor = FeatureExtractor(lambda images: images.flatten(1), key="flatten")
+    empty = TensorDataset(torch.zeros(0, 3, 4, 4), torch.zeros(0, dtype=torch.long))
+    with pytest.raises(TlkitError, match=r"^no images for val features \(empty split\); add "):
+        cached_features(extractor, empty, {}, tmp_path, description="val features")
+    assert not any(tmp_path.iterdir()), "nothing is cached"
 
 
 # --- weights and checkpoints ----------------------------------------------------------------

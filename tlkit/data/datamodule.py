@@ -119,6 +119,7 @@ class TransferDataModule(L.LightningDataModule):
         self.extractor: FeatureExtractor | None = None
         self.datasets: dict[str, Dataset] = {}
         self._decodable: dict[str, Split] | None = None
+        self._given_splits: set[str] = set()
 
     @cached_property
     def source(self) -> DataSource:
@@ -132,6 +133,7 @@ class TransferDataModule(L.LightningDataModule):
             train, val = split_stratified(train, hp.val_fraction, hp.seed + 1)
         if hp.shots is not None:
             train = sample_shots(train, hp.shots, hp.seed, classes=src.classes)
+        self._given_splits = set(src.splits())
         return DataSource(classes=src.classes, train=train, val=val, test=test, name=src.name)
 
     @property
@@ -148,18 +150,23 @@ class TransferDataModule(L.LightningDataModule):
         """The train/val/test splits without undecodable image files.
 
         Every file is probed once (the first call; :meth:`setup` calls it too): undecodable
-        ones are skipped with a warning naming a few, or refused with ``strict``.
+        ones are skipped with a warning naming a few, or refused with ``strict``. Whatever the
+        mode, undecodable files must leave a training image of every class and an image in
+        every split.
 
         Returns:
             The decodable part of each split, keyed by ``train``, ``val``, ``test``.
 
         Raises:
-            TlkitError: With ``strict``, if any file does not decode.
+            TlkitError: If no image decodes, a split or a class of the training split has no
+                decodable image left, or (with ``strict``) any file does not decode.
         """
         if self._decodable is None:
             src = self.source
             splits = {"train": src.train, "val": src.val, "test": src.test}
-            self._decodable = {k: self.drop_undecodable(k, v) for k, v in splits.items()}
+            bad = {name: _undecodable(split) for name, split in splits.items()}
+            self._refuse_unusable(splits, bad)
+            self._decodable = {k: self._skip(k, v, bad[k]) for k, v in splits.items()}
         return self._decodable
 
     def describe(self) -> dict[str, Any]:
@@ -206,13 +213,19 @@ class TransferDataModule(L.LightningDataModule):
             The decodable part of ``split``.
 
         Raises:
-            TlkitError: With ``strict``, if any file does not decode.
+            TlkitError: If no file of a non-empty ``split`` decodes, or (with ``strict``) if
+                any file does not decode.
         """
-        bad = [
-            (i, reason)
-            for i, item in enumerate(split.items)
-            if isinstance(item, (str, os.PathLike)) and (reason := probe_image(item)) is not None
-        ]
+        bad = _undecodable(split)
+        if split and len(bad) == len(split):
+            raise TlkitError(
+                f"no decodable images left in {name} ({_summary(split, bad)}); "
+                "replace or remove them"
+            )
+        return self._skip(name, split, bad)
+
+    def _skip(self, name: str, split: Split, bad: list[tuple[int, str]]) -> Split:
+        """``split`` without the ``bad`` positions: warn, or with ``strict`` refuse."""
         if not bad:
             return split
         shown = "; ".join(f"{split.items[i]} ({reason})" for i, reason in bad[:3])
@@ -224,6 +237,56 @@ class TransferDataModule(L.LightningDataModule):
         rank_zero_warn(f"skipping {len(bad)} undecodable image(s) in {name}, e.g. {shown}")
         bad_set = {i for i, _ in bad}
         return split.subset([i for i in range(len(split)) if i not in bad_set])
+
+    def _refuse_unusable(
+        self, splits: dict[str, Split], bad: dict[str, list[tuple[int, str]]]
+    ) -> None:
+        """Refuse the data if its undecodable files leave a run without images it needs.
+
+        Args:
+            splits: The ``train``, ``val`` and ``test`` splits.
+            bad: Per split, the ``(position, reason)`` of each undecodable file.
+
+        Raises:
+            TlkitError: If no image decodes at all, a split has no decodable image left, or a
+                class has no decodable training image left.
+        """
+        if any(bad.values()) and all(len(bad[k]) == len(v) for k, v in splits.items()):
+            total = sum(len(b) for b in bad.values())
+            first = next(name for name in splits if bad[name])
+            raise TlkitError(
+                f"no decodable images in {self.source.name} ({total} undecodable, e.g. "
+                f"{_example(splits[first], bad[first])}); replace or remove them"
+            )
+        for name, split in splits.items():
+            if split and len(bad[name]) == len(split):
+                raise TlkitError(
+                    f"no decodable images left in {name} ({_summary(split, bad[name])}); "
+                    f"replace or remove them{self._split_fix(name, split)}"
+                )
+        train, lost = splits["train"], bad["train"]
+        lost_at = {i for i, _ in lost}
+        kept = {label for i, label in enumerate(train.labels) if i not in lost_at}
+        for label, class_name in enumerate(self.source.classes):
+            gone = [(i, reason) for i, reason in lost if train.labels[i] == label]
+            if gone and label not in kept:
+                raise TlkitError(
+                    f"class '{class_name}' has no decodable training image left "
+                    f"({_summary(train, gone)}); replace them or remove the class"
+                )
+
+    def _split_fix(self, name: str, split: Split) -> str:
+        """How to do without split ``name``: remove it where the data defines it."""
+        if name not in self._given_splits:
+            return ""  # held out from train: nothing of its own to remove
+        data = os.fspath(self.hparams.data)
+        if data.lower().endswith(".csv"):
+            return f", or remove the {name} rows of {data} to hold out part of train"
+        root = os.path.abspath(os.path.expanduser(data))
+        folder = Path(os.path.relpath(os.fspath(split.items[0]), root)).parts[0]
+        if folder == os.pardir:  # not below the path given (the bundled demo)
+            return ""
+        return f", or remove {folder}/ to hold out part of train"
 
     @property
     def num_workers(self) -> int:
@@ -310,3 +373,23 @@ class TransferDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", shuffle=False)
+
+
+def _undecodable(split: Split) -> list[tuple[int, str]]:
+    """``(position, reason)`` of every image file of ``split`` that does not decode."""
+    return [
+        (i, reason)
+        for i, item in enumerate(split.items)
+        if isinstance(item, (str, os.PathLike)) and (reason := probe_image(item)) is not None
+    ]
+
+
+def _example(split: Split, bad: list[tuple[int, str]]) -> str:
+    """``PATH (REASON)`` of the first undecodable file in ``bad``."""
+    first, reason = bad[0]
+    return f"{split.items[first]} ({reason})"
+
+
+def _summary(split: Split, bad: list[tuple[int, str]]) -> str:
+    """``N undecodable, e.g. PATH (REASON)``: how many files of ``split`` fail, and one."""
+    return f"{len(bad)} undecodable, e.g. {_example(split, bad)}"

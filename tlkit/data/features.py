@@ -14,6 +14,7 @@ from rich.progress import Progress
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
+from tlkit.errors import TlkitError
 from tlkit.utils import atomic_path, rank_zero_print
 
 __all__ = [
@@ -88,7 +89,12 @@ def cached_features(
 
     Returns:
         A dataset of ``(feature vector, label)``.
+
+    Raises:
+        TlkitError: If ``dataset`` is empty (e.g. none of its images decode).
     """
+    if len(dataset) == 0:
+        raise TlkitError(f"no images for {description} (empty split); add decodable images to it")
     blob = json.dumps({"extractor": extractor.key, **identity}, sort_keys=True, default=str)
     key = hashlib.sha256(blob.encode()).hexdigest()[:24]
     path = None if cache_dir is None else Path(cache_dir) / f"{key}.safetensors"
@@ -96,27 +102,13 @@ def cached_features(
     hit = [path is not None and path.is_file()]
     if world > 1:
         torch.distributed.broadcast_object_list(hit, src=0)  # every rank takes rank zero's path
-    if hit[0]:
-        try:
-            tensors = load_file(str(path))
-            rank_zero_print(
-                f"reusing cached {description} ({len(tensors['labels'])} items): {path}"
-            )
-            return _feature_dataset(tensors["features"], tensors["labels"], views)
-        except Exception:  # a damaged cache file is recomputed, never trusted
-            if rank == 0:
-                path.unlink(missing_ok=True)
+    cached = _load_cached(path, description, views, rank) if hit[0] else None
+    if cached is not None:
+        return cached
     source = dataset if views == 1 else _Views(dataset, views)
     shard = Subset(source, range(rank, len(source), world)) if world > 1 else source
     loader = DataLoader(shard, batch_size=batch_size, num_workers=num_workers, shuffle=False)
-    features, labels = [], []
-    with Progress(transient=True, disable=rank != 0) as progress:
-        task = progress.add_task(f"caching {description}", total=len(shard))
-        for images, targets in loader:
-            features.append(extractor(images.to(device)).cpu())
-            labels.append(targets)
-            progress.advance(task, len(targets))
-    feats, labs = torch.cat(features).contiguous(), torch.cat(labels).long()
+    feats, labs = _extract(extractor, loader, device, f"caching {description}", rank == 0)
     if world > 1:
         feats, labs = _gather_shards(feats, labs, len(source), world)
     if path is not None and rank == 0:
@@ -124,6 +116,36 @@ def cached_features(
         with atomic_path(path) as tmp:
             save_file({"features": feats, "labels": labs}, str(tmp), metadata={"key": blob})
     return _feature_dataset(feats, labs, views)
+
+
+def _load_cached(path: Path, description: str, views: int, rank: int) -> Dataset | None:
+    """The features cached at ``path``, or ``None`` (rank zero deletes a damaged file)."""
+    try:
+        tensors = load_file(str(path))
+        rank_zero_print(f"reusing cached {description} ({len(tensors['labels'])} items): {path}")
+        return _feature_dataset(tensors["features"], tensors["labels"], views)
+    except Exception:  # a damaged cache file is recomputed, never trusted
+        if rank == 0:
+            path.unlink(missing_ok=True)
+        return None
+
+
+def _extract(
+    extractor: FeatureExtractor,
+    loader: DataLoader,
+    device: torch.device | str,
+    label: str,
+    show: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features and labels of every batch of ``loader``, with a progress bar if ``show``."""
+    features, labels = [], []
+    with Progress(transient=True, disable=not show) as progress:
+        task = progress.add_task(label, total=len(loader.dataset))
+        for images, targets in loader:
+            features.append(extractor(images.to(device)).cpu())
+            labels.append(targets)
+            progress.advance(task, len(targets))
+    return torch.cat(features).contiguous(), torch.cat(labels).long()
 
 
 class _Views(Dataset):
