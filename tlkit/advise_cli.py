@@ -24,8 +24,9 @@ def _stdout_to_stderr() -> Iterator[None]:
 def _parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(
         prog="tlkit advise",
-        description="Measure how much labelled data there is and how similar it is to the "
-        "backbone's pretraining data (linear probes on each stage's features), and name the "
+        description="Measure how much labelled data there is and which frozen features of the "
+        "backbone separate its classes best (exact logistic probes on every stage, the top and "
+        "a multi-stage join, on the same folds), predict the probe's accuracy, and name the "
         "cell of the transfer-learning matrix and the recipe to use.",
         epilog="example: tlkit advise --data path/to/images --image-size 128",
     )
@@ -35,20 +36,19 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--image-size", type=int, help="input size (default: the backbone's)")
     parser.add_argument("--shots", type=int, help="training images per class you will use")
     parser.add_argument(
-        "--max-per-class", type=int, default=50, help="images per class measured (default 50)"
-    )
-    parser.add_argument(
-        "--max-images", type=int, default=1000, help="images measured in all (default 1000)"
+        "--max-images", type=int, default=2000, help="labelled images measured (default 2000)"
     )
     parser.add_argument("--folds", type=int, default=5, help="cross-validation folds (5)")
-    parser.add_argument("--repeats", type=int, default=3, help="cross-validation repeats (3)")
+    parser.add_argument(
+        "--repeats", type=int, help="cross-validation repeats (default: 3, fewer on more data)"
+    )
     parser.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
     parser.add_argument("--json", action="store_true", help="print one JSON object only")
     return parser
 
 
 def _check(opts: argparse.Namespace) -> None:
-    for name in ("image_size", "shots", "folds", "repeats"):
+    for name in ("image_size", "shots", "folds", "repeats", "max_images"):
         value = getattr(opts, name)
         if value is not None and value < 1:
             raise TlkitError(f"--{name.replace('_', '-')} must be positive, got {value}")
@@ -56,39 +56,35 @@ def _check(opts: argparse.Namespace) -> None:
         raise TlkitError(f"--folds must be at least 2, got {opts.folds}")
 
 
-def _measure(**kwargs: Any) -> dict[str, Any]:
-    from tlkit.strategies.advise import measure
+def _measure(**kwargs: Any) -> tuple[dict[str, Any], Any]:
+    from tlkit.advise import measure
 
     with _stdout_to_stderr():
         return measure(**kwargs)
 
 
-def _next_command(report: dict[str, Any], data: str) -> str:
+def stage_option(stage: Any) -> str:
+    """``--model.strategy_args.stage`` for a probe's stage (an index, or a list as YAML)."""
+    return json.dumps(stage)
+
+
+def next_command(report: dict[str, Any], data: str) -> str:
+    """The ``tlkit finetune`` command of the advised recipe and probe."""
     command = f"tlkit finetune --recipe {report['recipe']} --data {data}"
-    if report["recipe"] == "small-different":
-        command += f" --model.strategy_args.stage {report['probe_stage']}"
+    if report["probe_stage"] is not None:
+        command += f" --model.strategy_args.stage '{stage_option(report['probe_stage'])}'"
     return command
 
 
-def _baseline(report: dict[str, Any], data: str) -> str | None:
-    """For the large cells: the frozen probe to fit first, with its measured accuracy.
-
-    Fine-tuning is slow and the measured probe is fast (cached features), and a good probe can
-    match it: in bench/quadrants one large row in four was won by a frozen probe_stage.
-    """
+def baseline_line(report: dict[str, Any]) -> str | None:
+    """For the large cells: the exact probe's expected accuracy, the bar fine-tuning must clear."""
     if not report["recipe"].startswith("large"):
         return None
-    best = max(report["evidence"]["stages"], key=lambda stage: stage["accuracy"])
-    if best["index"] is None:
-        command = f"tlkit finetune --recipe small-similar --data {data}"
-    else:
-        command = (
-            f"tlkit finetune --recipe small-different --data {data} "
-            f"--model.strategy_args.stage {best['index']}"
-        )
+    expected = report["expected_accuracy"]
     return (
-        f"baseline: a frozen probe on {best['name']} scores {best['accuracy']:.3f} here; it fits "
-        f"in seconds on cached features, so fit it first to see what fine-tuning adds: {command}"
+        f"baseline: the exact probe on {report['probe']['name']} is expected to score "
+        f"{expected['estimate']:.3f} ({expected['low']:.3f}-{expected['high']:.3f}); "
+        "`tlkit finetune` fits it first and reports the fine-tuned model next to it"
     )
 
 
@@ -98,38 +94,39 @@ def _print_summary(report: dict[str, Any], data: str) -> None:
 
     evidence = report["evidence"]
     table = Table(
-        title=f"linear-probe accuracy per stage ({evidence['backbone']}, "
+        title=f"exact probe accuracy per feature set ({evidence['backbone']}, "
         f"{evidence['images_measured']} images at {evidence['image_size']} px, "
         f"{evidence['folds']}-fold x {evidence['repeats']})"
     )
     for column, justify in (
-        ("stage", "left"),
-        ("index", "right"),
+        ("features", "left"),
+        ("stage", "right"),
         ("channels", "right"),
         ("accuracy", "right"),
         ("± std", "right"),
         ("", "left"),
     ):
         table.add_column(column, justify=justify)
-    for stage in evidence["stages"]:
-        note = ""
-        if stage["index"] is None:
-            note = "top (linear_probe)"
-        elif stage["index"] == report["probe_stage"]:
-            note = "best earlier stage"
+    for candidate in evidence["candidates"]:
+        note = "chosen" if candidate["name"] == report["probe"]["name"] else ""
+        if not candidate["deep"]:
+            note = note or "shallow: must win by the noise"
+        stage = candidate["stage"]
         table.add_row(
-            stage["name"],
-            "-" if stage["index"] is None else str(stage["index"]),
-            str(stage["channels"]),
-            f"{stage['accuracy']:.3f}",
-            f"{stage['std']:.3f}",
+            candidate["name"],
+            "top" if stage is None else stage_option(stage),
+            str(candidate["channels"]),
+            f"{candidate['accuracy']:.3f}",
+            f"{candidate['std']:.3f}",
             note,
         )
     console = Console()
     console.print(table)
+    expected = report["expected_accuracy"]
     console.print(
-        f"chance {evidence['chance']:.3f}; top minus best earlier stage {evidence['gap']:+.3f} "
-        f"(noise {evidence['noise']:.3f})"
+        f"chance {evidence['chance']:.3f}; expected accuracy of the chosen probe "
+        f"{expected['estimate']:.3f} (90 % interval {expected['low']:.3f}-{expected['high']:.3f}, "
+        f"selection bias {expected['bias']:.3f} removed)"
     )
     console.print(
         f"cell [bold]{report['cell']}[/]: {report['samples_per_class']:g} images per class, "
@@ -137,14 +134,14 @@ def _print_summary(report: dict[str, Any], data: str) -> None:
         f"[cyan]{report['recipe']}[/]"
     )
     console.print(f"why: {evidence['reason']}", highlight=False)
-    console.print(f"next: {_next_command(report, data)}", highlight=False)
-    baseline = _baseline(report, data)
+    console.print(f"next: {next_command(report, data)}", highlight=False)
+    baseline = baseline_line(report)
     if baseline:
         console.print(baseline, highlight=False)
 
 
 def advise_command(argv: list[str]) -> int:
-    """``tlkit advise``: print the measured cell, recipe and evidence.
+    """``tlkit advise``: print the measured cell, recipe, probe and evidence.
 
     Args:
         argv: Command-line arguments after ``advise`` (see ``tlkit advise --help``).
@@ -157,13 +154,12 @@ def advise_command(argv: list[str]) -> int:
     """
     opts = _parser().parse_args(argv)
     _check(opts)
-    report = _measure(
+    report, _ = _measure(
         data=opts.data,
         backbone=opts.backbone,
         image_size=opts.image_size,
         weights=opts.weights,
         shots=opts.shots,
-        max_per_class=opts.max_per_class,
         max_images=opts.max_images,
         folds=opts.folds,
         repeats=opts.repeats,
@@ -183,8 +179,8 @@ def auto_recipe(
     seed: int,
     shots: int | None = None,
     weights: str | None = None,
-) -> tuple[str, dict[str, Any]]:
-    """Measure ``data`` like ``tlkit advise`` and return the recipe of its cell.
+) -> tuple[str, dict[str, Any], Any]:
+    """Measure ``data`` like ``tlkit advise`` (test split included) for ``--recipe auto``.
 
     Args:
         data: The data source.
@@ -195,10 +191,17 @@ def auto_recipe(
         weights: Backbone weight file the run will use (``None``: bundled or hub weights).
 
     Returns:
-        ``(recipe name, report)``. For ``small-different``, ``report["probe_stage"]`` is the
-        stage to pass as ``--model.strategy_args.stage``.
+        ``(recipe name, report, features)``: ``report["probe_stage"]`` is the stage to pass as
+        ``--model.strategy_args.stage`` (``None``: the top features), ``features`` the
+        :class:`~tlkit.advise.StageFeatures` of train, val and test.
     """
-    report = _measure(
-        data=data, backbone=backbone, image_size=image_size, seed=seed, shots=shots, weights=weights
+    report, features = _measure(
+        data=data,
+        backbone=backbone,
+        image_size=image_size,
+        seed=seed,
+        shots=shots,
+        weights=weights,
+        with_test=True,
     )
-    return report["recipe"], report
+    return report["recipe"], report, features

@@ -51,7 +51,7 @@ example:
   tlkit finetune --recipe auto --data path/to/images
   tlkit advise --data path/to/images --json
 
-options for every command: --debug (show tracebacks)
+options for every command: --debug (show tracebacks), --verbose (Lightning's own info lines)
 """
 
 
@@ -67,11 +67,21 @@ _EXPECTED_WARNINGS = (
 )
 
 
+#: ``--verbose``: show Lightning's own info lines (device banner, tips, model summary).
+_VERBOSE = {"on": False}
+
+
 def _quiet_lightning() -> None:
-    """Hide the expected warnings and the seed log line (the seed is in config.yaml)."""
+    """Hide the expected warnings, the seed log line (the seed is in config.yaml) and, unless
+    ``--verbose``, Lightning's info lines: users see what tlkit does, not third-party banners."""
     for message in _EXPECTED_WARNINGS:
         warnings.filterwarnings("ignore", message=message)
     logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)
+    import lightning.pytorch  # noqa: F401  (it sets its own logger level on import)
+
+    level = logging.INFO if _VERBOSE["on"] else logging.WARNING
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(level)
 
 
 def _argument_error(err: BaseException) -> TlkitError:
@@ -209,7 +219,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
-    args = [a for a in args if a != "--debug"]
+    _VERBOSE["on"] = "--verbose" in args
+    args = [a for a in args if a not in ("--debug", "--verbose")]
     try:
         return _dispatch(args)
     except TlkitError as err:

@@ -11,8 +11,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from tlkit.advise_cli import stage_option
 from tlkit.cli import _AUTO_ENV, _PASSTHROUGH, _RUN_DIR_ENV, _lightning_cli, _rank_zero
 from tlkit.errors import ArgumentParser, TlkitError
+from tlkit.finetune_exact import ExactRun
 
 __all__ = ["finetune_command", "pretrain_command"]
 
@@ -154,16 +156,21 @@ def _resume_args(opts: argparse.Namespace) -> tuple[Path, list[str], str]:
     return run_dir, ["--config", str(config)], recipe_name
 
 
-def _auto_decision(opts: argparse.Namespace) -> dict[str, Any]:
-    """``--recipe auto``: measure the data like ``tlkit advise`` (once, shared with DDP ranks)."""
+def _auto_decision(opts: argparse.Namespace) -> tuple[dict[str, Any], Any]:
+    """``--recipe auto``: measure the data like ``tlkit advise`` (once, shared with DDP ranks).
+
+    Returns:
+        The report and the measured features (``None`` on a DDP rank that was handed the
+        report: only rank zero fits exact probes).
+    """
     from rich.console import Console
 
     from tlkit.advise_cli import auto_recipe
 
     saved = os.environ.get(_AUTO_ENV)
     if saved:
-        return json.loads(saved)
-    _, report = auto_recipe(
+        return json.loads(saved), None
+    _, report, features = auto_recipe(
         opts.data or "demo",
         opts.backbone,
         opts.image_size,
@@ -174,11 +181,13 @@ def _auto_decision(opts: argparse.Namespace) -> dict[str, Any]:
     os.environ[_AUTO_ENV] = json.dumps(report)
     if _rank_zero():
         reason = (report.get("evidence") or {}).get("reason", "")
-        Console(stderr=True).print(
+        expected = report["expected_accuracy"]
+        Console(stderr=True, highlight=False).print(
             f"[bold]tlkit advise[/]: cell [cyan]{report['cell']}[/] -> recipe "
-            f"[cyan]{report['recipe']}[/]. {reason}"
+            f"[cyan]{report['recipe']}[/], probe on {report['probe']['name']} (expected accuracy "
+            f"{expected['estimate']:.3f}, {expected['low']:.3f}-{expected['high']:.3f}). {reason}"
         )
-    return report
+    return report, features
 
 
 def finetune_command(argv: Sequence[str]) -> int:
@@ -217,7 +226,7 @@ def _finetune(argv: Sequence[str]) -> int:
     else:
         from tlkit.recipes import recipe_path
 
-        decision = _auto_decision(opts) if opts.recipe == "auto" else None
+        decision, features = _auto_decision(opts) if opts.recipe == "auto" else (None, None)
         recipe = recipe_path(decision["recipe"] if decision else opts.recipe)
         recipe_name = recipe.stem
         # DDP re-launches this command on every rank: they share rank zero's run directory.
@@ -232,7 +241,7 @@ def _finetune(argv: Sequence[str]) -> int:
         args = [*_recipe_args(opts, recipe, run_dir), *extra]
         if decision is not None:
             if decision.get("probe_stage") is not None and recipe_name == "small-different":
-                args += ["--model.strategy_args.stage", str(decision["probe_stage"])]
+                args += ["--model.strategy_args.stage", stage_option(decision["probe_stage"])]
             if _rank_zero():
                 (run_dir / "advise.json").write_text(json.dumps(decision, indent=2) + "\n")
         resume_from = None
@@ -247,6 +256,14 @@ def _finetune(argv: Sequence[str]) -> int:
         (run_dir / "config.yaml").write_text(cli.parser.dump(cli.config, skip_none=False))
         (run_dir / "run.json").write_text(json.dumps({"recipe": recipe_name, "argv": list(argv)}))
     trainer, model, datamodule = cli.trainer, cli.model, cli.datamodule
+    if model.hparams.solver == "exact":
+        from tlkit.finetune_exact import finetune_exact
+
+        run = ExactRun(run_dir, recipe_name, opts.seed, decision, features)
+        metrics = finetune_exact(model, datamodule, run)
+        if _rank_zero():
+            _print_results(metrics, run_dir)
+        return 0
     if opts.lr_find and not opts.resume:
         from tlkit.lr_find import find_lr
 
@@ -357,6 +374,15 @@ def _print_results(metrics: dict[str, Any], run_dir: Path) -> None:
             table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
     console = Console()
     console.print(table)
+    expected = metrics.get("expected_accuracy")
+    if expected:
+        console.print(
+            f"expected accuracy (cross-validated, before the test): {expected['estimate']:.3f}, "
+            f"90 % interval {expected['low']:.3f}-{expected['high']:.3f}",
+            highlight=False,
+        )
+    if metrics.get("probe_verdict"):
+        console.print(metrics["probe_verdict"], highlight=False)
     console.print(f"run directory: {run_dir}")
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["Classifier", "Head", "Standardize", "pooled_features"]
+__all__ = ["Classifier", "Head", "Standardize", "feature_width", "pooled_features"]
 
 
 class Standardize(nn.Module):
@@ -99,21 +99,44 @@ class Head(nn.Sequential):
         return self[0] if isinstance(self[0], Standardize) else None
 
 
-def pooled_features(backbone: nn.Module, images: torch.Tensor, stage: int | None) -> torch.Tensor:
-    """Globally pooled features of a timm backbone: final ones, or those of feature ``stage``."""
+def pooled_features(
+    backbone: nn.Module, images: torch.Tensor, stage: int | tuple[int | None, ...] | None
+) -> torch.Tensor:
+    """Globally pooled features of a timm backbone: final ones, those of feature ``stage``, or
+    (a tuple) several stages concatenated in order, ``None`` in it for the final features."""
     if stage is None:
         return backbone(images)
-    index = stage % len(backbone.feature_info)
-    maps = backbone.forward_intermediates(
-        images, indices=[index], intermediates_only=True, stop_early=True
-    )
-    return maps[-1].mean(dim=(2, 3))
+    stages = stage if isinstance(stage, tuple) else (stage,)
+    count = len(backbone.feature_info)
+    indices = sorted({s % count for s in stages if s is not None})
+    top = None
+    if None in stages:
+        final, maps = backbone.forward_intermediates(images, indices=indices or [count - 1])
+        top = backbone.forward_head(final)
+    else:
+        maps = backbone.forward_intermediates(
+            images, indices=indices, intermediates_only=True, stop_early=True
+        )
+    pooled = {i: m.mean(dim=(2, 3)) for i, m in zip(indices, maps, strict=False)}
+    return torch.cat([top if s is None else pooled[s % count] for s in stages], dim=1)
+
+
+def feature_width(backbone: nn.Module, stage: int | tuple[int | None, ...] | None) -> int:
+    """Width of :func:`pooled_features` for ``stage``."""
+    stages = stage if isinstance(stage, tuple) else (stage,)
+    info = backbone.feature_info
+    return sum(backbone.num_features if s is None else info[s]["num_chs"] for s in stages)
 
 
 class Classifier(nn.Module):
     """A plain ``images -> logits`` module (backbone, pooling, head) for tracing and export."""
 
-    def __init__(self, backbone: nn.Module, head: nn.Module, stage: int | None = None) -> None:
+    def __init__(
+        self,
+        backbone: nn.Module,
+        head: nn.Module,
+        stage: int | tuple[int | None, ...] | None = None,
+    ) -> None:
         super().__init__()
         self.backbone, self.head, self.stage = backbone, head, stage
 

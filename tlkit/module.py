@@ -21,12 +21,15 @@ from tlkit.backbones import DEFAULT_BACKBONE, create_backbone, weights_source
 from tlkit.data.datasets import item_seed
 from tlkit.data.features import FeatureExtractor, tensor_digest
 from tlkit.errors import TlkitError, check_number, check_type, unknown_name
-from tlkit.heads import Classifier, Head, Standardize, pooled_features
+from tlkit.heads import Classifier, Head, Standardize, feature_width, pooled_features
 from tlkit.optim import OPTIMIZERS, build_optimizer
 from tlkit.schedules import SCHEDULES, make_schedule
 from tlkit.strategies import Strategy, create_strategy, layer_groups
 
-__all__ = ["Classifier", "Head", "Standardize", "TransferModule", "pooled_features"]
+__all__ = ["SOLVERS", "Classifier", "Head", "Standardize", "TransferModule", "pooled_features"]
+
+#: How the head is fitted: by the optimizer over epochs, or exactly (frozen linear heads).
+SOLVERS = ("epochs", "exact")
 
 
 def _metrics(num_classes: int, prefix: str) -> MetricCollection:
@@ -56,7 +59,7 @@ def _check_settings(given: dict[str, Any]) -> None:
     check_number("label_smoothing", given["label_smoothing"])
     if given["drop_path_rate"] is not None:
         check_number("drop_path_rate", given["drop_path_rate"], minimum=0, below=1)
-    for name in ("optimizer", "scheduler"):
+    for name in ("optimizer", "scheduler", "solver"):
         check_type(name, given[name], str, f"a {name} name")
     check_number("learning rate", given["lr"])
     check_number("weight_decay", given["weight_decay"], minimum=0)
@@ -116,6 +119,10 @@ class TransferModule(L.LightningModule):
         lbfgs_max_iter: L-BFGS iterations per epoch.
         channels_last: Run the backbone in channels-last memory format (faster convolutions
             on some CPUs and on GPUs with bf16; measured in ``bench/precision.py``).
+        solver: ``epochs`` (the optimizer, epoch by epoch) or ``exact``: with a frozen backbone
+            and a linear head, ``tlkit finetune`` solves the head in closed form instead
+            (:mod:`tlkit.exact`: logistic regression, L2 chosen by cross-validation over every
+            labelled image, refitted on all of them).
     """
 
     def __init__(
@@ -143,6 +150,7 @@ class TransferModule(L.LightningModule):
         l2_range: tuple[float, float] = (1.0, 1e-4),
         lbfgs_max_iter: int = 200,
         channels_last: bool = False,
+        solver: str = "epochs",
     ) -> None:
         super().__init__()
         _check_settings(locals())
@@ -156,12 +164,19 @@ class TransferModule(L.LightningModule):
             raise unknown_name("optimizer", optimizer, OPTIMIZERS)
         if scheduler not in SCHEDULES:
             raise unknown_name("scheduler", scheduler, SCHEDULES)
+        if solver not in SOLVERS:
+            raise unknown_name("solver", str(solver), SOLVERS)
         self.save_hyperparameters()
         self.strategy: Strategy = create_strategy(strategy, **(strategy_args or {}))
         if optimizer == "lbfgs" and not self.strategy.frozen_backbone:
             raise TlkitError(
                 "optimizer lbfgs trains a linear head on cached features: use it with strategy "
                 "linear_probe or probe_stage"
+            )
+        if solver == "exact" and (not self.strategy.frozen_backbone or head_hidden):
+            raise TlkitError(
+                "solver exact fits a linear head on frozen features: use it with strategy "
+                "linear_probe or probe_stage and head_hidden 0"
             )
         if min(l2_range) < 0 or lbfgs_max_iter < 1:
             raise TlkitError("l2_range must be >= 0 and lbfgs_max_iter >= 1")
@@ -179,16 +194,14 @@ class TransferModule(L.LightningModule):
         self.weights_source = weights_source(backbone, weights, pretrained)
         self.groups = layer_groups(self.backbone)
         stage = self.strategy.feature_stage
-        if stage is not None:
-            info = self.backbone.feature_info
-            if not -len(info) <= stage < len(info):
+        info = self.backbone.feature_info
+        for index in stage if isinstance(stage, tuple) else (stage,):
+            if index is not None and not -len(info) <= index < len(info):
                 raise TlkitError(
-                    f"probe_stage: stage {stage} out of range for {backbone} "
+                    f"probe_stage: stage {index} out of range for {backbone} "
                     f"({len(info)} stages); pass a stage in {-len(info)}..{len(info) - 1}"
                 )
-            in_features = info[stage]["num_chs"]
-        else:
-            in_features = self.backbone.num_features
+        in_features = feature_width(self.backbone, stage)
         self.head = Head(
             in_features, num_classes, head_hidden, dropout, standardize=self.strategy.standardize
         )
@@ -264,6 +277,13 @@ class TransferModule(L.LightningModule):
         if mode:
             self._apply_eval_policy()
         return self
+
+    def on_fit_start(self) -> None:
+        if self.hparams.solver == "exact":
+            raise TlkitError(
+                "solver exact is solved by `tlkit finetune` (no epochs); to train this config "
+                "epoch by epoch here, pass --model.solver epochs"
+            )
 
     def on_train_start(self) -> None:
         self._fit_standardizer()

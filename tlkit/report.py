@@ -12,7 +12,17 @@ from typing import Any
 import torch
 
 #: The metrics shown in the results table and at the top of the report, in order.
-RESULT_KEYS = ("test_acc", "test_top5", "test_f1", "test_loss", "val_acc", "epochs", "fit_seconds")
+RESULT_KEYS = (
+    "test_acc",
+    "test_top5",
+    "test_f1",
+    "test_loss",
+    "val_acc",
+    "cv_acc",
+    "probe_test_acc",
+    "epochs",
+    "fit_seconds",
+)
 
 __all__ = [
     "RESULT_KEYS",

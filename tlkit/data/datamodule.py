@@ -202,6 +202,45 @@ class TransferDataModule(L.LightningDataModule):
                 split, build_pipeline(transform), keep_decoded=keep, seed=self.hparams.seed
             )
 
+    def split_features(
+        self, extractor: FeatureExtractor, device: torch.device | str = "cpu"
+    ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Features of every split's decodable images under the evaluation transform.
+
+        One pass over each split (or none, from the feature cache), for heads fitted outside
+        the training loop (``solver: exact``).
+
+        Args:
+            extractor: The frozen ``images -> features`` function.
+            device: Where the extractor runs.
+
+        Returns:
+            ``split -> (features (N, D), labels (N,))`` for ``train``, ``val`` and ``test``.
+        """
+        cache_dir = self.hparams.cache_dir
+        out = {}
+        for name, split in self.check_images().items():
+            dataset = ImageDataset(split, build_pipeline(eval_transform(self.spec)))
+            identity = {
+                "data": DataSource(classes=self.source.classes, train=split).fingerprint(),
+                "split": name,
+                "transform": dataset.transform.to_dict(),
+                "views": 1,
+                "seed": None,
+            }
+            features = cached_features(
+                extractor,
+                dataset,
+                identity,
+                Path(cache_dir) if cache_dir else default_cache_dir(),
+                batch_size=max(64, self.hparams.batch_size),
+                num_workers=self.num_workers,
+                device=device,
+                description=f"{name} features",
+            )
+            out[name] = (features.tensors[0], features.tensors[1])
+        return out
+
     def drop_undecodable(self, name: str, split: Split) -> Split:
         """``split`` without the files that do not decode, with a warning naming a few of them.
 

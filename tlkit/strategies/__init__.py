@@ -1,4 +1,4 @@
-"""Layer groups and fine-tune strategies (``tlkit.strategies.advise`` picks one from the data)."""
+"""Layer groups and fine-tune strategies (``tlkit.advise`` picks one from the data)."""
 
 from tlkit.strategies.base import (
     BN_POLICIES,

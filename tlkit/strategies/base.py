@@ -84,8 +84,9 @@ class Strategy:
     name: ClassVar[str] = ""
     #: True when the backbone never trains, so its features can be cached.
     frozen_backbone: ClassVar[bool] = False
-    #: Index into the backbone's feature stages the head reads from (``None``: final features).
-    feature_stage: int | None = None
+    #: Index into the backbone's feature stages the head reads from (``None``: final features;
+    #: a tuple: several, concatenated, ``None`` in it for the final features).
+    feature_stage: int | tuple[int | None, ...] | None = None
     #: True when the head standardises its input features with statistics of the training set.
     standardize: bool = False
 
@@ -149,7 +150,9 @@ class ProbeStage(Strategy):
 
     Args:
         stage: Index into the backbone's feature stages (timm ``feature_info``); negative counts
-            from the top, so ``-2`` is the stage below the last.
+            from the top, so ``-2`` is the stage below the last. A list reads several stages at
+            once, concatenated in order (a multi-stage probe, cf. Head2Toe); ``top`` in it
+            stands for the backbone's final pooled features, e.g. ``[top, -2]``.
         standardize: Standardise the pooled features in the head (statistics of the training
             set, fixed before the first step; the feature cache holds the raw features).
         **kwargs: See :class:`Strategy`.
@@ -157,12 +160,20 @@ class ProbeStage(Strategy):
 
     frozen_backbone = True
 
-    def __init__(self, stage: int = -2, standardize: bool = True, **kwargs: Any) -> None:
+    def __init__(
+        self, stage: int | list[int | str] = -2, standardize: bool = True, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
-        self.stage = _integer("probe_stage: stage", stage)
+        if isinstance(stage, (list, tuple)):
+            if not stage:
+                raise TlkitError("probe_stage: stage list is empty; give e.g. [top, -2]")
+            self.stage = [s if s == "top" else _integer("probe_stage: stage", s) for s in stage]
+            self.feature_stage = tuple(None if s == "top" else s for s in self.stage)
+        else:
+            self.stage = _integer("probe_stage: stage", stage)
+            self.feature_stage = self.stage
         if not isinstance(standardize, bool):
             raise TlkitError(f"probe_stage: standardize must be true or false, got {standardize!r}")
-        self.feature_stage = self.stage
         self.standardize = standardize
 
     def trainable(self, epoch: int, num_groups: int) -> list[bool]:

@@ -1,0 +1,116 @@
+"""``tlkit finetune`` for ``solver: exact`` recipes: features once, the head solved, a run folder.
+
+No training loop: one pass over each split's images (or none, from the feature cache or from
+what ``--recipe auto`` measured), the exact probe of :mod:`tlkit.exact`, the test metrics, and
+the same run directory an epoch-trained run writes (checkpoint, metrics.json, config, report).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["ExactRun", "finetune_exact", "write_checkpoint"]
+
+
+@dataclass
+class ExactRun:
+    """Where an exact run writes and what it was handed.
+
+    Attributes:
+        run_dir: The run directory.
+        recipe: Recipe name, for the records.
+        seed: Seed of the folds.
+        decision: ``--recipe auto``'s report, if any.
+        features: ``--recipe auto``'s measured :class:`~tlkit.advise.StageFeatures`, if any.
+    """
+
+    run_dir: Path
+    recipe: str
+    seed: int = 42
+    decision: dict[str, Any] | None = None
+    features: Any = None
+
+
+def _features(model, datamodule, run: ExactRun) -> dict:
+    """``split -> (features, labels)`` for the features the model's head reads."""
+    stage = model.strategy.feature_stage
+    stages = stage if isinstance(stage, tuple) else (stage,)
+    if run.features is not None:  # what advise measured: no second pass over the images
+        return {
+            name: (run.features.select(name, stages), run.features.labels(name))
+            for name in ("train", "val", "test")
+        }
+    extractor = model.frozen_feature_extractor()
+    return datamodule.split_features(extractor, device=model.device)
+
+
+def write_checkpoint(model, datamodule, path: Path) -> Path:
+    """A Lightning checkpoint of ``model`` (``load_checkpoint`` and ``load_from_checkpoint``
+    read it like one written by the Trainer)."""
+    import lightning
+    import torch
+
+    from tlkit.utils import atomic_path
+
+    checkpoint: dict[str, Any] = {
+        "epoch": 0,
+        "global_step": 0,
+        "pytorch-lightning_version": lightning.__version__,
+        "state_dict": model.state_dict(),
+        "hyper_parameters": dict(model.hparams),
+        "datamodule_hyper_parameters": dict(datamodule.hparams),
+    }
+    model.on_save_checkpoint(checkpoint)
+    with atomic_path(path) as tmp:
+        torch.save(checkpoint, tmp)
+    return path
+
+
+def _name(stages: tuple) -> str:
+    return "+".join("top" if s is None else f"stage {s}" for s in stages)
+
+
+def finetune_exact(model, datamodule, run: ExactRun) -> dict[str, Any]:
+    """Fit ``model``'s head exactly, test it, write the run directory; return metrics.json."""
+    from tlkit.exact import fit_exact, install_probe, probabilities
+    from tlkit.report import evaluation_metrics, write_run_report
+
+    start = time.perf_counter()
+    features = _features(model, datamodule, run)
+    stage = model.strategy.feature_stage
+    stages = stage if isinstance(stage, tuple) else (stage,)
+    fit = fit_exact(features, _name(stages), stages, model.hparams.num_classes, run.seed)
+    install_probe(model.head, fit.probe)
+    fit_seconds = time.perf_counter() - start
+    test_x, test_y = features["test"]
+    result = evaluation_metrics(probabilities(model.head, test_x), test_y, datamodule.class_names)
+    metrics: dict[str, Any] = {"test_acc": result["acc"], "test_f1": result["f1"]}
+    if "top5" in result:
+        metrics["test_top5"] = result["top5"]
+    metrics["val_acc"] = fit.val_acc
+    metrics.update(fit.record(len(test_y)))
+    if run.decision is not None:  # advise's estimate also removes the bias of its choice
+        metrics["expected_accuracy"] = run.decision["expected_accuracy"]
+    best = run.run_dir / "checkpoints" / "best.ckpt"
+    metrics.update(
+        epochs=0,
+        fit_seconds=round(fit_seconds, 3),
+        solver="exact",
+        recipe=run.recipe,
+        backbone=model.hparams.backbone,
+        weights=model.weights_source,
+        strategy=model.strategy.describe(),
+        plan=model.plan(1),
+        best_checkpoint=str(best),
+        **datamodule.describe(),
+    )
+    write_checkpoint(model, datamodule, best)
+    (run.run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    write_run_report(
+        run.run_dir, metrics, result["confusion_matrix"], datamodule.class_names, []
+    )
+    return metrics

@@ -1,0 +1,302 @@
+"""Exact linear probes on frozen features: the head of every frozen-backbone cell.
+
+A head on frozen, cached features is a small convex problem, so it is solved, not trained:
+standardised features (training-set mean and standard deviation), multinomial logistic
+regression minimised to convergence by full-batch L-BFGS, its L2 strength chosen by repeated
+stratified k-fold cross-validation over *every* labelled image, then refitted on all of them
+(the standard fixed-feature protocol, Kornblith et al. 2019).
+
+Everything here is a pure function of tensors, deterministic, and independent of Lightning:
+
+* :func:`stratified_folds`: repeated stratified k-fold splits;
+* :func:`fit_logistic`: one L2-regularised multinomial logistic regression;
+* :func:`cv_path`: held-out accuracy of the whole L2 path on every split;
+* :func:`fit_probe`: choose the strength on the folds, refit on all, return a :class:`Probe`.
+
+The objective is ``mean cross-entropy + l2 / 2 * ||W||^2`` (bias not penalised); scikit-learn's
+``C`` is ``1 / (l2 * n)``. When there are fewer training rows than features the problem is
+solved in the row space of the training features (an SVD), which is exact for an L2 penalty:
+the solution lies in that span.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from tlkit.errors import TlkitError
+
+__all__ = [
+    "L2_GRID",
+    "CVPath",
+    "Probe",
+    "cv_path",
+    "fit_logistic",
+    "fit_probe",
+    "standardizer",
+    "stratified_folds",
+]
+
+#: L2 strengths tried, strongest first (each fit warm-starts the next).
+L2_GRID: tuple[float, ...] = tuple(float(v) for v in np.logspace(1, -4, 11))
+
+Splits = Sequence[tuple[np.ndarray, np.ndarray]]
+#: Solver settings while scoring: accuracy is settled long before the last digits of the loss.
+_LOOSE = {"max_iter": 100, "tolerance_grad": 1e-4}
+
+
+def stratified_folds(
+    labels: Sequence[int] | np.ndarray, folds: int = 5, repeats: int = 3, seed: int = 0
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Repeated stratified k-fold splits.
+
+    Args:
+        labels: Class of each sample.
+        folds: Folds per repeat (lowered to the smallest class count).
+        repeats: Independent shuffles.
+        seed: Seed of the shuffles.
+
+    Returns:
+        ``(train_indices, test_indices)`` pairs, ``folds * repeats`` of them.
+
+    Raises:
+        TlkitError: If a class has fewer than two samples.
+    """
+    y = np.asarray(labels)
+    counts = Counter(y.tolist())
+    if not counts or min(counts.values()) < 2:
+        raise TlkitError(
+            "need at least 2 labelled images in every class to cross-validate a probe; "
+            "add images to the smallest class"
+        )
+    k = max(2, min(folds, min(counts.values())))
+    rng = np.random.default_rng(seed)
+    splits = []
+    for _ in range(repeats):
+        assignment = np.empty(len(y), dtype=np.int64)
+        for label in sorted(counts):
+            members = rng.permutation(np.flatnonzero(y == label))
+            assignment[members] = (np.arange(len(members)) + rng.integers(k)) % k
+        for fold in range(k):
+            splits.append((np.flatnonzero(assignment != fold), np.flatnonzero(assignment == fold)))
+    return splits
+
+
+def standardizer(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-feature mean and standard deviation of ``x``; constant features keep scale 1."""
+    mean = x.mean(0)
+    std = x.std(0, unbiased=False)
+    std = torch.where(std < 1e-6 * std.max().clamp_min(1e-12), torch.ones_like(std), std)
+    return mean, std
+
+
+def fit_logistic(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    classes: int,
+    l2: float,
+    init: tuple[torch.Tensor, torch.Tensor] | None = None,
+    max_iter: int = 300,
+    tolerance_grad: float = 1e-6,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Minimise ``mean CE(x W^T + b, y) + l2/2 ||W||^2`` by full-batch L-BFGS.
+
+    Args:
+        x: ``(N, D)`` features (already standardised), float64.
+        y: ``N`` class indices.
+        classes: Number of classes.
+        l2: L2 strength on the weights (> 0).
+        init: Starting ``(weight, bias)`` (a warm start along an L2 path).
+        max_iter: L-BFGS iteration cap.
+        tolerance_grad: Stop when no gradient entry is larger.
+
+    Returns:
+        ``weight`` ``(classes, D)`` and ``bias`` ``(classes,)``.
+    """
+    x = x.double()
+    if init is None:
+        weight = torch.zeros(classes, x.shape[1], dtype=torch.float64)
+        bias = torch.zeros(classes, dtype=torch.float64)
+    else:
+        weight, bias = (t.detach().clone().double() for t in init)
+    weight.requires_grad_(True)
+    bias.requires_grad_(True)
+    optimizer = torch.optim.LBFGS(
+        [weight, bias],
+        lr=1.0,
+        max_iter=max_iter,
+        history_size=20,
+        tolerance_grad=tolerance_grad,
+        tolerance_change=1e-10,
+        line_search_fn="strong_wolfe",
+    )
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        logits = torch.addmm(bias, x, weight.T)
+        loss = torch.nn.functional.cross_entropy(logits, y) + 0.5 * l2 * weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        optimizer.step(closure)
+    return weight.detach(), bias.detach()
+
+
+def _reduce(x_train: torch.Tensor) -> torch.Tensor | None:
+    """An orthonormal basis ``(D, r)`` of the training rows' span when ``r < D``, else ``None``."""
+    n, d = x_train.shape
+    if n >= d:
+        return None
+    _, s, vh = torch.linalg.svd(x_train, full_matrices=False)
+    keep = s > s.max().clamp_min(1e-12) * 1e-9
+    return vh[keep].T
+
+
+def _prepare(
+    x: torch.Tensor, train: np.ndarray, test: np.ndarray
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One split's standardised (on its training part) and span-reduced train and test rows."""
+    train_t, test_t = torch.as_tensor(train), torch.as_tensor(test)
+    mean, std = standardizer(x[train_t])
+    x_train, x_test = (x[train_t] - mean) / std, (x[test_t] - mean) / std
+    basis = _reduce(x_train)
+    if basis is not None:
+        x_train, x_test = x_train @ basis, x_test @ basis
+    return x_train, x_test
+
+
+@dataclass(frozen=True)
+class CVPath:
+    """Held-out scores of an L2 path on every split.
+
+    Attributes:
+        l2: The strengths, strongest first.
+        accuracy: ``(len(l2), splits)`` held-out accuracy.
+        loss: ``(len(l2), splits)`` held-out mean cross-entropy.
+    """
+
+    l2: tuple[float, ...]
+    accuracy: np.ndarray
+    loss: np.ndarray
+
+    @property
+    def best(self) -> int:
+        """Index of the strength with the best mean accuracy (ties: lower held-out loss)."""
+        acc = self.accuracy.mean(1).round(9)
+        loss = self.loss.mean(1)
+        return int(max(range(len(self.l2)), key=lambda i: (acc[i], -loss[i])))
+
+    def folds(self, index: int | None = None) -> np.ndarray:
+        """Per-split accuracy at strength ``index`` (default: the best)."""
+        return self.accuracy[self.best if index is None else index]
+
+
+def cv_path(
+    features: torch.Tensor,
+    labels: torch.Tensor | np.ndarray,
+    splits: Splits,
+    grid: Sequence[float] = L2_GRID,
+    patience: int = 3,
+) -> CVPath:
+    """Held-out accuracy and loss of the standardised logistic probe along ``grid``, per split.
+
+    Standardisation is fitted on each split's training part only, so nothing leaks.
+
+    Args:
+        features: ``(N, D)`` features.
+        labels: ``N`` class indices.
+        splits: ``(train_indices, test_indices)`` pairs, e.g. from :func:`stratified_folds`.
+        grid: L2 strengths, strongest first.
+        patience: Stop the path after this many strengths in a row below the best mean
+            accuracy so far (the path is scored only up to there).
+
+    Returns:
+        The :class:`CVPath`.
+    """
+    x = torch.as_tensor(np.asarray(features), dtype=torch.float64)
+    y = torch.as_tensor(np.asarray(labels), dtype=torch.int64)
+    classes = int(y.max()) + 1
+    prepared = [(*_prepare(x, train, test), y[train], y[test]) for train, test in splits]
+    states: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(splits)
+    accuracy = np.zeros((len(grid), len(splits)))
+    loss = np.zeros((len(grid), len(splits)))
+    best, worse = -1.0, 0
+    for g, l2 in enumerate(grid):
+        for s, (x_train, x_test, y_train, y_test) in enumerate(prepared):
+            states[s] = fit_logistic(x_train, y_train, classes, l2, init=states[s], **_LOOSE)
+            logits = torch.addmm(states[s][1], x_test, states[s][0].T)
+            accuracy[g, s] = float((logits.argmax(1) == y_test).double().mean())
+            loss[g, s] = float(torch.nn.functional.cross_entropy(logits, y_test))
+        mean = float(accuracy[g].mean())
+        best, worse = (mean, 0) if mean > best else (best, worse + 1)
+        if worse >= patience:  # past the peak: weaker strengths cost most and fit worse
+            return CVPath(tuple(grid[: g + 1]), accuracy[: g + 1], loss[: g + 1])
+    return CVPath(tuple(grid), accuracy, loss)
+
+
+@dataclass(frozen=True)
+class Probe:
+    """A fitted standardised logistic probe: ``logits = ((x - mean) / std) @ weight.T + bias``.
+
+    Attributes:
+        mean: ``(D,)`` feature means of the fitting set.
+        std: ``(D,)`` feature standard deviations of the fitting set.
+        weight: ``(classes, D)``.
+        bias: ``(classes,)``.
+        l2: The L2 strength it was fitted with.
+    """
+
+    mean: torch.Tensor
+    std: torch.Tensor
+    weight: torch.Tensor
+    bias: torch.Tensor
+    l2: float
+
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        """Class scores of ``(N, D)`` features."""
+        x = (torch.as_tensor(features, dtype=torch.float64) - self.mean) / self.std
+        return torch.addmm(self.bias, x, self.weight.T)
+
+    def accuracy(self, features: torch.Tensor, labels: torch.Tensor | np.ndarray) -> float:
+        """Share of ``features`` whose top class is the label."""
+        y = torch.as_tensor(np.asarray(labels), dtype=torch.int64)
+        return float((self.logits(features).argmax(1) == y).double().mean())
+
+
+def fit_probe(
+    features: torch.Tensor, labels: torch.Tensor | np.ndarray, l2: float, classes: int | None = None
+) -> Probe:
+    """Standardise on all of ``features`` and fit the logistic probe with strength ``l2``.
+
+    Args:
+        features: ``(N, D)`` features of every labelled image.
+        labels: ``N`` class indices.
+        l2: L2 strength (e.g. ``path.l2[path.best]`` from :func:`cv_path`).
+        classes: Number of classes (default: largest label + 1).
+
+    Returns:
+        The fitted :class:`Probe`, in the original feature space.
+    """
+    x = torch.as_tensor(np.asarray(features), dtype=torch.float64)
+    y = torch.as_tensor(np.asarray(labels), dtype=torch.int64)
+    classes = classes if classes is not None else int(y.max()) + 1
+    mean, std = standardizer(x)
+    z = (x - mean) / std
+    basis = _reduce(z)
+    state = None
+    # The same path as the cross-validation, so the refit lands on the same solution branch.
+    for strength in [s for s in L2_GRID if s > l2] + [l2]:
+        reduced = z if basis is None else z @ basis
+        state = fit_logistic(reduced, y, classes, strength, init=state)
+    weight, bias = state
+    if basis is not None:
+        weight = weight @ basis.T
+    if not math.isfinite(float(weight.abs().sum())):
+        raise TlkitError("the probe did not converge (non-finite weights); check the features")
+    return Probe(mean, std, weight, bias, float(l2))
