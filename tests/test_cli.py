@@ -51,11 +51,11 @@ def assert_clean_success(result: subprocess.CompletedProcess) -> None:
 
 
 @torch.no_grad()
-def val_accuracy(model: TransferModule, dm: TransferDataModule) -> float:
-    dm.setup("validate")
+def accuracy_on_test(model: TransferModule, dm: TransferDataModule) -> float:
+    dm.setup("test")
     model.eval()
     hits = total = 0
-    for images, labels in dm.val_dataloader():
+    for images, labels in dm.test_dataloader():
         hits += int((model(images).argmax(dim=1) == labels).sum())
         total += len(labels)
     return hits / total
@@ -73,8 +73,9 @@ def test_finetune_demo_with_real_lite0_writes_a_complete_run(tmp_path, cache_dir
     assert "tlkit results" in result.stdout
     assert re.search(rf"test_acc\W+{metrics['test_acc']:.4f}", result.stdout)
     assert metrics["test_acc"] > 0.4
-    assert 0.0 < metrics["val_acc"] <= 1.0
-    assert metrics["epochs"] == 3
+    assert metrics["val_acc"] > 0.4  # scored by the probe fitted on train alone
+    assert metrics["epochs"] == 0  # the head is solved, not trained
+    assert metrics["labelled"] == 300  # train and val both fit the final head
     assert metrics["fit_seconds"] > 0
     assert (metrics["num_train"], metrics["num_val"], metrics["num_test"]) == (200, 100, 500)
     config = (run / "config.yaml").read_text()
@@ -87,7 +88,8 @@ def test_finetune_demo_with_real_lite0_writes_a_complete_run(tmp_path, cache_dir
     model = TransferModule.load_from_checkpoint(best)
     dm = TransferDataModule("demo", image_size=64, augment="none")
     assert model.hparams.class_names == dm.class_names
-    assert val_accuracy(model, dm) == pytest.approx(metrics["val_acc"], abs=0.02)
+    # the checkpoint is the model that was tested (images through the backbone, not the cache)
+    assert accuracy_on_test(model, dm) == pytest.approx(metrics["test_acc"], abs=0.005)
 
 
 @pytest.mark.slow

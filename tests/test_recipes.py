@@ -88,11 +88,20 @@ def test_recipe_runs_end_to_end(name: str, tmp_path: Path) -> None:
     for key, value in (model.get("strategy_args") or {}).items():
         assert metrics["strategy"][key] == value
     assert metrics["num_train"] == 50
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    if name.startswith("small-"):  # solved exactly: no epochs, a cross-validated estimate
+        assert metrics["solver"] == "exact"
+        assert metrics["epochs"] == 0
+        assert metrics["labelled"] == metrics["num_train"] + metrics["num_val"]
+        expected = metrics["expected_accuracy"]
+        assert expected["low"] <= expected["estimate"] <= expected["high"]
+        assert metrics["test_acc"] > 0.2  # 10 classes: chance is 0.1
+        return
     plan = {row["group"]: row["trains_from_epoch"] for row in metrics["plan"]}
     assert plan["head"] == 0
     series, never = effective_lr(read_logs(run / "logs"), metrics["plan"])
     assert set(never) == {group for group, start in plan.items() if start is None}
     assert "head" in series
     assert (run / "plots" / "lr.png").is_file()
-    assert 0.0 <= metrics["test_acc"] <= 1.0
-    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert metrics["probe_test_acc"] > 0.2  # the exact probe was fitted first, as a baseline
+    assert "exact probe" in metrics["probe_verdict"]

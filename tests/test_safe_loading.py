@@ -90,7 +90,8 @@ def test_weights_and_checkpoints_with_code_load_only_when_trusted(tmp_path, caps
 def test_a_tampered_last_checkpoint_is_not_resumed_unless_trusted(tmp_path, capsys):
     data = write_tinted(tmp_path / "data", per_class=5, size=16, classes=("a", "b"))
     marker = tmp_path / "code-ran"
-    assert main(["finetune", "--data", str(data), *QUICK, "--out", "RUN"]) == 0
+    epochs = ["--model.solver", "epochs"]  # a run trained by epochs, to resume
+    assert main(["finetune", "--data", str(data), *QUICK, *epochs, "--out", "RUN"]) == 0
     last = Path("RUN/checkpoints/last.ckpt")
     checkpoint = torch.load(last, weights_only=True)
     checkpoint["extra"] = Payload(marker)

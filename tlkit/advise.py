@@ -393,6 +393,7 @@ def measure(
     cache_dir: str | Path | None = None,
     with_test: bool = False,
     datamodule: TransferDataModule | None = None,
+    pretrained: bool = True,
 ) -> tuple[dict[str, Any], StageFeatures]:
     """Measure a dataset's size, score the frozen candidates and pick its cell of the matrix.
 
@@ -413,6 +414,7 @@ def measure(
         cache_dir: Feature cache (default ``$TLKIT_CACHE_DIR``).
         with_test: Also extract the test split's features (for a run that fits and tests).
         datamodule: The run's data module (default: one built from the arguments above).
+        pretrained: Load pretrained weights (``False``: the backbone's random init, for tests).
 
     Returns:
         The report (``cell``, ``recipe``, ``samples_per_class``, ``num_classes``,
@@ -434,7 +436,7 @@ def measure(
     median = float(np.median([train_counts.get(c, 0) for c in range(num_classes)]))
     samples_per_class: float | int = int(median) if median.is_integer() else median
 
-    model = create_backbone(backbone, weights=weights).eval()
+    model = create_backbone(backbone, weights=weights, pretrained=pretrained).eval()
     if not hasattr(model, "forward_intermediates"):
         raise TlkitError(f"backbone '{backbone}' has no forward_intermediates; pick a timm CNN/ViT")
     info = model.feature_info

@@ -12,7 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from tlkit.advise_cli import stage_option
-from tlkit.cli import _AUTO_ENV, _PASSTHROUGH, _RUN_DIR_ENV, _lightning_cli, _rank_zero
+from tlkit.cli import (
+    _AUTO_ENV,
+    _PASSTHROUGH,
+    _RUN_DIR_ENV,
+    _VERBOSE,
+    _lightning_cli,
+    _rank_zero,
+)
 from tlkit.errors import ArgumentParser, TlkitError
 from tlkit.finetune_exact import ExactRun
 
@@ -121,6 +128,8 @@ def _recipe_args(opts: argparse.Namespace, recipe: Path, run_dir: Path) -> list[
         args += ["--model.trust_weights", "true"]
     if opts.strict:
         args += ["--data.strict", "true"]
+    if not _VERBOSE["on"]:  # the model summary is Lightning's, shown with --verbose
+        args += ["--trainer.enable_model_summary", "false"]
     return [
         *args,
         "--trainer.default_root_dir", str(run_dir),
@@ -223,6 +232,7 @@ def _finetune(argv: Sequence[str]) -> int:
             read_checkpoint(last, opts.trust_weights, "start a new run without --resume")
         run_dir, args, recipe_name = _resume_args(opts)
         resume_from = run_dir / "checkpoints" / "last.ckpt"
+        decision, features = None, None
     else:
         from tlkit.recipes import recipe_path
 
@@ -256,7 +266,7 @@ def _finetune(argv: Sequence[str]) -> int:
         (run_dir / "config.yaml").write_text(cli.parser.dump(cli.config, skip_none=False))
         (run_dir / "run.json").write_text(json.dumps({"recipe": recipe_name, "argv": list(argv)}))
     trainer, model, datamodule = cli.trainer, cli.model, cli.datamodule
-    if model.hparams.solver == "exact":
+    if model.exact:
         from tlkit.finetune_exact import finetune_exact
 
         run = ExactRun(run_dir, recipe_name, opts.seed, decision, features)
@@ -271,6 +281,19 @@ def _finetune(argv: Sequence[str]) -> int:
         cli.config.model.lr = found
         if _rank_zero():  # a resumed run must use the LR that was found
             (run_dir / "config.yaml").write_text(cli.parser.dump(cli.config, skip_none=False))
+    baseline = None
+    if not opts.resume:
+        from tlkit.finetune_exact import probe_baseline
+
+        run = ExactRun(run_dir, recipe_name, opts.seed, decision, features)
+        baseline = probe_baseline(datamodule, run, model)
+        if baseline is not None and _rank_zero():
+            from rich.console import Console
+
+            Console(stderr=True, highlight=False).print(
+                f"exact probe first (the baseline to beat): {baseline['probe']['name']} tests at "
+                f"{baseline['probe_test_acc']:.4f}, fitted in {baseline['probe_fit_seconds']:.1f} s"
+            )
     _print_plan(model, datamodule, recipe_name, run_dir, int(trainer.max_epochs or 1))
 
     start = time.perf_counter()
@@ -289,6 +312,10 @@ def _finetune(argv: Sequence[str]) -> int:
     )
     if resume_from is not None:
         metrics["resumed_from"] = str(resume_from)
+    if baseline is not None and metrics.get("test_acc") is not None:
+        from tlkit.finetune_exact import probe_verdict
+
+        metrics.update(baseline, probe_verdict=probe_verdict(metrics["test_acc"], baseline))
     if trainer.is_global_zero:
         (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         from tlkit.report import write_run_report

@@ -29,7 +29,7 @@ from tlkit.strategies import Strategy, create_strategy, layer_groups
 __all__ = ["SOLVERS", "Classifier", "Head", "Standardize", "TransferModule", "pooled_features"]
 
 #: How the head is fitted: by the optimizer over epochs, or exactly (frozen linear heads).
-SOLVERS = ("epochs", "exact")
+SOLVERS = ("epochs", "exact", "auto")
 
 
 def _metrics(num_classes: int, prefix: str) -> MetricCollection:
@@ -119,10 +119,11 @@ class TransferModule(L.LightningModule):
         lbfgs_max_iter: L-BFGS iterations per epoch.
         channels_last: Run the backbone in channels-last memory format (faster convolutions
             on some CPUs and on GPUs with bf16; measured in ``bench/precision.py``).
-        solver: ``epochs`` (the optimizer, epoch by epoch) or ``exact``: with a frozen backbone
-            and a linear head, ``tlkit finetune`` solves the head in closed form instead
-            (:mod:`tlkit.exact`: logistic regression, L2 chosen by cross-validation over every
-            labelled image, refitted on all of them).
+        solver: ``epochs`` (the optimizer, epoch by epoch), ``exact`` (a frozen backbone and a
+            linear head: ``tlkit finetune`` solves the head instead, :mod:`tlkit.exact`:
+            logistic regression, L2 chosen by cross-validation over every labelled image,
+            refitted on all of them) or ``auto`` (``exact`` where it applies, else ``epochs``;
+            the plain Lightning ``fit`` always trains by epochs).
     """
 
     def __init__(
@@ -277,6 +278,13 @@ class TransferModule(L.LightningModule):
         if mode:
             self._apply_eval_policy()
         return self
+
+    @property
+    def exact(self) -> bool:
+        """True when ``tlkit finetune`` solves the head exactly instead of training it."""
+        solver = self.hparams.solver
+        linear = self.strategy.frozen_backbone and not self.hparams.head_hidden
+        return solver == "exact" or (solver == "auto" and linear and self.strategy.bn != "train")
 
     def on_fit_start(self) -> None:
         if self.hparams.solver == "exact":
