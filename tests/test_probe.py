@@ -9,7 +9,16 @@ from sklearn.linear_model import LogisticRegression
 
 from tlkit.exact import fit_exact, install_probe
 from tlkit.heads import Head
-from tlkit.probe import L2_GRID, cv_path, fit_logistic, fit_probe, standardizer, stratified_folds
+from tlkit.probe import (
+    L2_GRID,
+    cv_path,
+    cv_rows,
+    fit_logistic,
+    fit_probe,
+    rescale_l2,
+    standardizer,
+    stratified_folds,
+)
 
 
 def _blobs(n_per_class: int, dims: int, classes: int = 3, sep: float = 3.0, seed: int = 0):
@@ -87,3 +96,14 @@ def test_the_exact_fit_uses_every_label_and_scores_val_on_a_train_only_fit() -> 
     record = fit.record(tested=100)
     assert record["labelled"] == 48
     assert record["expected_accuracy"]["low"] < record["cv_acc"] <= 1.0
+
+
+def test_past_the_limit_the_folds_use_a_stratified_subsample_and_the_strength_is_rescaled():
+    labels = np.repeat(np.arange(4), [100, 300, 50, 550])
+    rows = cv_rows(labels, seed=0, limit=200)
+    assert len(rows) == pytest.approx(200, abs=4)
+    counts = np.bincount(labels[rows])
+    assert counts.tolist() == pytest.approx([20, 60, 10, 110], abs=1)
+    assert cv_rows(labels, seed=0, limit=5000).tolist() == list(range(1000))
+    # the same penalty per total loss: C = 1 / (l2 n) unchanged
+    assert rescale_l2(0.1, 200, 1000) * 1000 == pytest.approx(0.1 * 200)

@@ -48,7 +48,7 @@ from tlkit.data.features import (
 from tlkit.data.sources import DataSource, Split
 from tlkit.data.transforms import build_pipeline, eval_transform
 from tlkit.errors import TlkitError
-from tlkit.probe import CVPath, cv_path, stratified_folds
+from tlkit.probe import CVPath, cv_path, cv_repeats, cv_rows, stratified_folds
 
 __all__ = [
     "INTERVAL_Z",
@@ -330,19 +330,6 @@ class StageFeatures:
         return self.splits[split][1]
 
 
-def _subsample(labels: Sequence[int], total: int, seed: int) -> np.ndarray:
-    """Indices of at most ``total`` samples, stratified (every class keeps its share, >= 2)."""
-    y = np.asarray(labels)
-    if len(y) <= total:
-        return np.arange(len(y))
-    rng = np.random.default_rng(seed)
-    picked = []
-    for c in np.unique(y):
-        members = rng.permutation(np.flatnonzero(y == c))
-        picked.append(members[: max(2, round(total * len(members) / len(y)))])
-    return np.sort(np.concatenate(picked))
-
-
 def _extract(
     model: torch.nn.Module,
     backbone: str,
@@ -372,11 +359,6 @@ def _extract(
         )
         out[name] = (features.tensors[0], features.tensors[1])
     return out
-
-
-def _repeats(n: int) -> int:
-    """Repeats of the k-fold: fewer as the data grows (the noise shrinks, the cost grows)."""
-    return 3 if n <= 400 else (2 if n <= 1000 else 1)
 
 
 def measure(
@@ -451,8 +433,8 @@ def measure(
     )  # fmt: skip
     labelled = torch.cat([features.splits["train"][0], features.splits["val"][0]])
     labels = torch.cat([features.labels("train"), features.labels("val")]).numpy()
-    rows = _subsample(labels, max_images, seed)
-    repeats = repeats if repeats is not None else _repeats(len(rows))
+    rows = cv_rows(labels, seed, max_images)
+    repeats = repeats if repeats is not None else cv_repeats(len(rows))
     splits = stratified_folds(labels[rows], folds, repeats, seed)
     blocks = list(torch.split(labelled[rows].double(), features.widths, dim=1))
     candidates = score_candidates(blocks, labels[rows], features.names, splits)

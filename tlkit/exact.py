@@ -18,7 +18,15 @@ import torch
 
 from tlkit.advise import Candidate, expected_accuracy
 from tlkit.errors import TlkitError
-from tlkit.probe import Probe, cv_path, fit_probe, stratified_folds
+from tlkit.probe import (
+    Probe,
+    cv_path,
+    cv_repeats,
+    cv_rows,
+    fit_probe,
+    rescale_l2,
+    stratified_folds,
+)
 
 __all__ = ["ExactFit", "fit_exact", "install_probe", "probabilities"]
 
@@ -54,17 +62,12 @@ class ExactFit:
         }
 
 
-def _repeats(n: int) -> int:
-    return 3 if n <= 400 else (2 if n <= 1000 else 1)
-
-
 def fit_exact(
     features: SplitFeatures,
     name: str,
     stages: tuple[int | None, ...],
     classes: int,
     seed: int = 42,
-    l2: float | None = None,
 ) -> ExactFit:
     """Choose the L2 strength on folds over train + val, refit on all, score val.
 
@@ -73,8 +76,7 @@ def fit_exact(
         name: Name of the feature set (for reports).
         stages: What the features are (``probe_stage``'s stages, ``None`` for the top).
         classes: Number of classes.
-        seed: Seed of the folds.
-        l2: Use this strength instead of choosing one (the path is still scored).
+        seed: Seed of the folds (and of the subsample past :data:`~tlkit.probe.MAX_CV_IMAGES`).
 
     Returns:
         The :class:`ExactFit`.
@@ -90,14 +92,16 @@ def fit_exact(
         raise TlkitError(
             f"class index {missing[0]} has no labelled image; every class needs at least 2"
         )
-    splits = stratified_folds(y.numpy(), 5, _repeats(len(y)), seed)
-    candidate = Candidate(name, stages, int(x.shape[1]), cv_path(x, y.numpy(), splits))
-    strength = candidate.l2 if l2 is None else float(l2)
-    probe = fit_probe(x, y, strength, classes)
+    rows = cv_rows(y.numpy(), seed)
+    splits = stratified_folds(y.numpy()[rows], 5, cv_repeats(len(rows)), seed)
+    path = cv_path(x[torch.as_tensor(rows)], y.numpy()[rows], splits)
+    candidate = Candidate(name, stages, int(x.shape[1]), path)
+    probe = fit_probe(x, y, rescale_l2(candidate.l2, len(rows), len(y)), classes)
     val_acc = None
-    n_val = len(features["val"][1])
-    if n_val:
-        on_train = fit_probe(features["train"][0], features["train"][1], strength, classes)
+    train_x, train_y = features["train"]
+    if len(features["val"][1]):
+        strength = rescale_l2(candidate.l2, len(rows), len(train_y))
+        on_train = fit_probe(train_x, train_y, strength, classes)
         val_acc = on_train.accuracy(features["val"][0], features["val"][1])
     return ExactFit(probe, candidate, len(y), val_acc)
 

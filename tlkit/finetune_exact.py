@@ -136,7 +136,7 @@ def probe_baseline(datamodule, run: ExactRun, model) -> dict | None:
     if not run.recipe.startswith("large-"):
         return None
     from tlkit.advise import measure
-    from tlkit.probe import fit_probe
+    from tlkit.probe import fit_probe, rescale_l2
 
     start = time.perf_counter()
     decision, features = run.decision, run.features
@@ -157,7 +157,8 @@ def probe_baseline(datamodule, run: ExactRun, model) -> dict | None:
 
     x = torch.cat([features.select(s, stages) for s in ("train", "val")])
     y = torch.cat([features.labels(s) for s in ("train", "val")])
-    fitted = fit_probe(x, y, probe["l2"], datamodule.num_classes)
+    measured = decision["evidence"]["images_measured"]
+    fitted = fit_probe(x, y, rescale_l2(probe["l2"], measured, len(y)), datamodule.num_classes)
     accuracy = fitted.accuracy(features.select("test", stages), features.labels("test"))
     return {
         "probe": probe,

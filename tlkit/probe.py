@@ -33,15 +33,21 @@ from tlkit.errors import TlkitError
 
 __all__ = [
     "L2_GRID",
+    "MAX_CV_IMAGES",
     "CVPath",
     "Probe",
     "cv_path",
+    "cv_repeats",
+    "cv_rows",
     "fit_logistic",
     "fit_probe",
+    "rescale_l2",
     "standardizer",
     "stratified_folds",
 ]
 
+#: Most labelled images the folds are drawn from (a stratified subsample beyond it).
+MAX_CV_IMAGES = 2000
 #: L2 strengths tried, strongest first (each fit warm-starts the next).
 L2_GRID: tuple[float, ...] = tuple(float(v) for v in np.logspace(1, -4, 11))
 
@@ -85,6 +91,40 @@ def stratified_folds(
         for fold in range(k):
             splits.append((np.flatnonzero(assignment != fold), np.flatnonzero(assignment == fold)))
     return splits
+
+
+def cv_rows(
+    labels: Sequence[int] | np.ndarray, seed: int, limit: int = MAX_CV_IMAGES
+) -> np.ndarray:
+    """The rows the folds are drawn from: all of them, or a stratified subsample of ``limit``.
+
+    Past a few thousand images the chosen strength barely moves and each fit costs more; the
+    probe is then refitted on every row with the strength rescaled by :func:`rescale_l2`.
+    """
+    y = np.asarray(labels)
+    if len(y) <= limit:
+        return np.arange(len(y))
+    rng = np.random.default_rng(seed)
+    picked = []
+    for c in np.unique(y):
+        members = rng.permutation(np.flatnonzero(y == c))
+        picked.append(members[: max(2, round(limit * len(members) / len(y)))])
+    return np.sort(np.concatenate(picked))
+
+
+def rescale_l2(l2: float, chosen_on: int, fitted_on: int) -> float:
+    """The strength for ``fitted_on`` rows that matches ``l2`` chosen on ``chosen_on`` rows.
+
+    The objective averages the loss over rows, so the same total-loss-to-penalty balance (a
+    fixed ``C`` in scikit-learn's terms) needs ``l2 * chosen_on / fitted_on``.
+    """
+    return l2 * chosen_on / max(fitted_on, 1)
+
+
+def cv_repeats(n: int) -> int:
+    """Repeats of the k-fold for ``n`` labelled images: fewer as the data grows (the noise of
+    the estimate shrinks, the cost grows): 3 up to 400, 2 up to 1,000, then 1."""
+    return 3 if n <= 400 else (2 if n <= 1000 else 1)
 
 
 def standardizer(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
