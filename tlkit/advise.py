@@ -417,15 +417,7 @@ def measure(
     train_counts = Counter(decodable["train"].labels)
     median = float(np.median([train_counts.get(c, 0) for c in range(num_classes)]))
     samples_per_class: float | int = int(median) if median.is_integer() else median
-
-    model = create_backbone(backbone, weights=weights, pretrained=pretrained).eval()
-    if not hasattr(model, "forward_intermediates"):
-        raise TlkitError(f"backbone '{backbone}' has no forward_intermediates; pick a timm CNN/ViT")
-    info = model.feature_info
-    features = StageFeatures(
-        [str(i["module"]) for i in info] + ["top"],
-        [int(i["num_chs"]) for i in info] + [int(model.num_features)],
-    )
+    model, features = _stage_model(backbone, weights, pretrained)
     wanted = ("train", "val", "test") if with_test else ("train", "val")
     features.splits = _extract(
         model, backbone, dm, {k: decodable[k] for k in wanted}, features.widths, cache_dir,
@@ -441,7 +433,7 @@ def measure(
     k = len(splits) // max(repeats, 1)
     verdict = decide(candidates, samples_per_class, num_classes, len(decodable["train"]), 1.0 / k)
     tested = len(decodable["test"]) if with_test else None
-    expected = expected_accuracy(candidates, verdict["probe"], len(labels), tested)
+    expected = expected_accuracy(candidates, verdict["probe"], len(rows), tested)
     report = _report(verdict, candidates, expected, samples_per_class, num_classes)
     report["evidence"].update(
         num_train=len(decodable["train"]),
@@ -454,6 +446,20 @@ def measure(
         repeats=repeats,
     )
     return report, features
+
+
+def _stage_model(
+    backbone: str, weights: str | None, pretrained: bool
+) -> tuple[torch.nn.Module, StageFeatures]:
+    """The frozen backbone in eval mode and an empty :class:`StageFeatures` naming its stages."""
+    model = create_backbone(backbone, weights=weights, pretrained=pretrained).eval()
+    if not hasattr(model, "forward_intermediates"):
+        raise TlkitError(f"backbone '{backbone}' has no forward_intermediates; pick a timm CNN/ViT")
+    info = model.feature_info
+    return model, StageFeatures(
+        [str(i["module"]) for i in info] + ["top"],
+        [int(i["num_chs"]) for i in info] + [int(model.num_features)],
+    )
 
 
 def _report(

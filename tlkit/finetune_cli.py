@@ -269,10 +269,10 @@ def _finetune(argv: Sequence[str]) -> int:
     if model.exact:
         from tlkit.finetune_exact import finetune_exact
 
-        run = ExactRun(run_dir, recipe_name, opts.seed, decision, features)
-        metrics = finetune_exact(model, datamodule, run)
-        if _rank_zero():
-            _print_results(metrics, run_dir)
+        _print_exact_plan(model, datamodule, recipe_name, run_dir)
+        metrics = finetune_exact(model, datamodule, ExactRun(run_dir, recipe_name, opts.seed,
+                                                            decision, features))  # fmt: skip
+        _print_results(metrics, run_dir)
         return 0
     if opts.lr_find and not opts.resume:
         from tlkit.lr_find import find_lr
@@ -282,18 +282,9 @@ def _finetune(argv: Sequence[str]) -> int:
         if _rank_zero():  # a resumed run must use the LR that was found
             (run_dir / "config.yaml").write_text(cli.parser.dump(cli.config, skip_none=False))
     baseline = None
-    if not opts.resume:
-        from tlkit.finetune_exact import probe_baseline
-
+    if not opts.resume and _rank_zero():
         run = ExactRun(run_dir, recipe_name, opts.seed, decision, features)
-        baseline = probe_baseline(datamodule, run, model)
-        if baseline is not None and _rank_zero():
-            from rich.console import Console
-
-            Console(stderr=True, highlight=False).print(
-                f"exact probe first (the baseline to beat): {baseline['probe']['name']} tests at "
-                f"{baseline['probe_test_acc']:.4f}, fitted in {baseline['probe_fit_seconds']:.1f} s"
-            )
+        baseline = _probe_first(model, datamodule, run)
     _print_plan(model, datamodule, recipe_name, run_dir, int(trainer.max_epochs or 1))
 
     start = time.perf_counter()
@@ -317,21 +308,39 @@ def _finetune(argv: Sequence[str]) -> int:
 
         metrics.update(baseline, probe_verdict=probe_verdict(metrics["test_acc"], baseline))
     if trainer.is_global_zero:
-        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-        from tlkit.report import write_run_report
-
-        confusion = model.last_test_confusion
-        write_run_report(
-            run_dir,
-            metrics,
-            confusion.tolist() if confusion is not None else None,
-            datamodule.class_names,
-            sorted(
-                [*run_dir.glob("plots/lr_find.png"), *run_dir.rglob("augmentation-preview.png")]
-            ),
-        )
-        _print_results(metrics, run_dir)
+        _write_run(run_dir, metrics, model, datamodule)
     return 0
+
+
+def _probe_first(model, datamodule, run: ExactRun) -> dict[str, Any] | None:
+    """Large cells: fit the exact probe before fine-tuning and say how it tests."""
+    from rich.console import Console
+
+    from tlkit.finetune_exact import probe_baseline
+
+    baseline = probe_baseline(datamodule, run, model)
+    if baseline is not None:
+        Console(stderr=True, highlight=False).print(
+            f"exact probe first (the baseline to beat): {baseline['probe']['name']} tests at "
+            f"{baseline['probe_test_acc']:.4f}, fitted in {baseline['probe_fit_seconds']:.1f} s"
+        )
+    return baseline
+
+
+def _write_run(run_dir: Path, metrics: dict[str, Any], model, datamodule) -> None:
+    """metrics.json, the report and the results table of a run trained by epochs."""
+    from tlkit.report import write_run_report
+
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    confusion = model.last_test_confusion
+    write_run_report(
+        run_dir,
+        metrics,
+        confusion.tolist() if confusion is not None else None,
+        datamodule.class_names,
+        sorted([*run_dir.glob("plots/lr_find.png"), *run_dir.rglob("augmentation-preview.png")]),
+    )
+    _print_results(metrics, run_dir)
 
 
 def _metrics_record(
@@ -355,6 +364,23 @@ def _metrics_record(
         **datamodule.describe(),
     )
     return record
+
+
+def _print_exact_plan(model, datamodule, recipe: str, run_dir: Path) -> None:
+    """Before an exact fit: what runs on what."""
+    from rich.console import Console
+
+    info = datamodule.describe()
+    stage = model.strategy.describe().get("stage", "top")
+    Console(stderr=True, highlight=False).print(
+        f"[bold]tlkit[/] recipe [cyan]{recipe}[/], backbone [cyan]{model.hparams.backbone}[/] "
+        f"({model.weights_source}) frozen; head: exact logistic probe on features "
+        f"[cyan]{json.dumps(stage)}[/], L2 chosen by cross-validation over train + val, "
+        f"refitted on both\n"
+        f"data {info['data']}: {info['num_classes']} classes, {info['num_train']} train / "
+        f"{info['num_val']} val / {info['num_test']} test, {info['image_size']} px; "
+        f"run directory {run_dir}"
+    )
 
 
 def _print_plan(model, datamodule, recipe: str, run_dir: Path, epochs: int) -> None:

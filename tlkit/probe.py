@@ -21,10 +21,13 @@ the solution lies in that span.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -91,6 +94,37 @@ def stratified_folds(
         for fold in range(k):
             splits.append((np.flatnonzero(assignment != fold), np.flatnonzero(assignment == fold)))
     return splits
+
+
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    """One thread, torch's default kernels: thousands of small solves are fastest so, and results
+    are the same bit for bit on every run. Many threads on small matrices mostly wait on each
+    other (far worse on a busy CPU), and the deterministic mode that recipes turn on for training
+    (``use_deterministic_algorithms``) slows these kernels threefold without changing them on
+    one CPU thread."""
+    threads = torch.get_num_threads()
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(False)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _single_threaded(fn: _F) -> _F:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with _one_thread():
+            return fn(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
 
 
 def cv_rows(
@@ -237,6 +271,7 @@ class CVPath:
         return self.accuracy[self.best if index is None else index]
 
 
+@_single_threaded
 def cv_path(
     features: torch.Tensor,
     labels: torch.Tensor | np.ndarray,
@@ -309,6 +344,7 @@ class Probe:
         return float((self.logits(features).argmax(1) == y).double().mean())
 
 
+@_single_threaded
 def fit_probe(
     features: torch.Tensor, labels: torch.Tensor | np.ndarray, l2: float, classes: int | None = None
 ) -> Probe:
