@@ -7,7 +7,19 @@ import json
 
 from common import RESULTS, machine
 
-ORDER = ["overhead", "cache", "lbfgs", "floor", "memory", "precision", "ensemble", "quadrants"]
+ORDER = [
+    "heldout-report",
+    "probe_wall",
+    "heldout_rules",
+    "overhead",
+    "cache",
+    "lbfgs",
+    "floor",
+    "memory",
+    "precision",
+    "ensemble",
+    "quadrants",
+]
 
 
 def main() -> None:

@@ -142,8 +142,11 @@ def test_stratified_folds_cover_each_sample_once_per_repeat() -> None:
         assert not set(train) & set(test)
         assert {labels[i] for i in test} == {0, 1, 2}
     assert splits[0][1].tolist() != splits[5][1].tolist()
+    # a one-image class is held out once per repeat (pessimistic, but a run can go on)
+    single = stratified_folds([0, 0, 0, 1], folds=5, repeats=1)
+    assert len(single) == 2 and sum(3 in test for _, test in single) == 1
     with pytest.raises(TlkitError, match="at least 2"):
-        stratified_folds([0, 0, 1], folds=5)
+        stratified_folds([0], folds=5)
 
 
 # --- measurements on images -----------------------------------------------------------------

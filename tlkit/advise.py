@@ -348,6 +348,9 @@ def _extract(
     store = Path(cache_dir) / "features" if cache_dir is not None else default_cache_dir()
     out = {}
     for name, split in splits.items():
+        if not len(split):  # no val split: one image per class cannot spare one
+            out[name] = (torch.zeros(0, sum(widths)), torch.zeros(0, dtype=torch.long))
+            continue
         identity = {
             "data": DataSource(classes=dm.source.classes, train=split).fingerprint(),
             "transform": dm.spec.describe(),

@@ -1,6 +1,6 @@
 """Fit a frozen-backbone TransferModule's head exactly, from features, and measure it.
 
-The frozen cells (``solver: exact`` in the small recipes) need no epochs: the head is the exact
+The frozen cells (``solver: auto`` in the small recipes) need no epochs: the head is the exact
 probe of :mod:`tlkit.probe`, its L2 strength chosen by repeated stratified k-fold over every
 labelled image (train and val together), then refitted on all of them. The validation split,
 when there is one, is still scored, by the same probe fitted on the training split alone.

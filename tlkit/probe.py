@@ -64,9 +64,12 @@ def stratified_folds(
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Repeated stratified k-fold splits.
 
+    A class with a single image still gets a fold: held out, it cannot be predicted, so the
+    estimate is pessimistic for one-shot classes rather than impossible.
+
     Args:
         labels: Class of each sample.
-        folds: Folds per repeat (lowered to the smallest class count).
+        folds: Folds per repeat (lowered to the smallest class count, but at least 2).
         repeats: Independent shuffles.
         seed: Seed of the shuffles.
 
@@ -74,15 +77,12 @@ def stratified_folds(
         ``(train_indices, test_indices)`` pairs, ``folds * repeats`` of them.
 
     Raises:
-        TlkitError: If a class has fewer than two samples.
+        TlkitError: With fewer than two labelled images in all.
     """
     y = np.asarray(labels)
     counts = Counter(y.tolist())
-    if not counts or min(counts.values()) < 2:
-        raise TlkitError(
-            "need at least 2 labelled images in every class to cross-validate a probe; "
-            "add images to the smallest class"
-        )
+    if len(y) < 2:
+        raise TlkitError("need at least 2 labelled images to cross-validate a probe; add images")
     k = max(2, min(folds, min(counts.values())))
     rng = np.random.default_rng(seed)
     splits = []
@@ -92,7 +92,9 @@ def stratified_folds(
             members = rng.permutation(np.flatnonzero(y == label))
             assignment[members] = (np.arange(len(members)) + rng.integers(k)) % k
         for fold in range(k):
-            splits.append((np.flatnonzero(assignment != fold), np.flatnonzero(assignment == fold)))
+            train, test = np.flatnonzero(assignment != fold), np.flatnonzero(assignment == fold)
+            if len(train) and len(test):
+                splits.append((train, test))
     return splits
 
 

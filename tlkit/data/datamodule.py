@@ -220,6 +220,10 @@ class TransferDataModule(L.LightningDataModule):
         cache_dir = self.hparams.cache_dir
         out = {}
         for name, split in self.check_images().items():
+            if not len(split) and out:  # no val split: one image per class cannot spare one
+                width = next(iter(out.values()))[0].shape[1]
+                out[name] = (torch.zeros(0, width), torch.zeros(0, dtype=torch.long))
+                continue
             dataset = ImageDataset(split, build_pipeline(eval_transform(self.spec)))
             identity = {
                 "data": DataSource(classes=self.source.classes, train=split).fingerprint(),
