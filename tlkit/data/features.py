@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from rich.console import Console
 from rich.progress import Progress
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
@@ -139,7 +140,11 @@ def _extract(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Features and labels of every batch of ``loader``, with a progress bar if ``show``."""
     features, labels = [], []
-    with Progress(transient=True, disable=not show) as progress:
+    # On stderr, and only on a terminal: a transient bar leaves a blank line in a log or a pipe.
+    console = Console(stderr=True)
+    with Progress(
+        transient=True, console=console, disable=not show or not console.is_terminal
+    ) as progress:
         task = progress.add_task(label, total=len(loader.dataset))
         for images, targets in loader:
             features.append(extractor(images.to(device)).cpu())
