@@ -9,6 +9,7 @@ from common import RESULTS, machine
 
 ORDER = [
     "heldout-report",
+    "heldout-report-first",
     "probe_wall",
     "heldout_rules",
     "overhead",

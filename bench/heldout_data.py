@@ -5,8 +5,10 @@ many labelled images per class, the input size and whether the folder has a ``va
 *draw* (a seed) picks the classes (for class subsets) and the images. Test images come from
 Fashion-MNIST's ``t10k`` files, or from digits the training part never uses.
 
-Draws are split in two disjoint sets: :data:`TUNING_SEEDS`, the only ones any recipe or rule was
-tuned on, and :data:`REPORT_SEEDS`, reported in ``bench/RESULTS.md`` and never tuned on.
+Draws are split in disjoint sets: :data:`TUNING_SEEDS`, the only ones any recipe or rule was
+tuned on, and the reported ones, never tuned on: :data:`FIRST_REPORT_SEEDS` (the first report,
+whose intervals came out too narrow, after which the interval was rebuilt on the tuning draws)
+and :data:`REPORT_SEEDS` (the report of the current code, drawn after that change).
 """
 
 from __future__ import annotations
@@ -17,12 +19,21 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-__all__ = ["FAMILIES", "REPORT_SEEDS", "TUNING_SEEDS", "Family", "build_task"]
+__all__ = [
+    "FAMILIES",
+    "FIRST_REPORT_SEEDS",
+    "REPORT_SEEDS",
+    "TUNING_SEEDS",
+    "Family",
+    "build_task",
+]
 
 #: Seeds of the draws used to tune recipes and rules.
 TUNING_SEEDS = (1001, 1002, 1003)
-#: Seeds of the draws reported, never used to tune anything.
-REPORT_SEEDS = (1, 2, 3)
+#: Seeds of the first reported draws (feature choice unchanged since; interval changed after).
+FIRST_REPORT_SEEDS = (1, 2, 3)
+#: Seeds of the draws reported for the current code, never used to tune anything.
+REPORT_SEEDS = (4, 5, 6)
 
 
 @dataclass(frozen=True)

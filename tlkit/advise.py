@@ -18,7 +18,8 @@ One measurement serves advice and training alike:
   are chosen; otherwise an earlier stage carries what the classes need;
 * **the expected accuracy** of the chosen probe with an interval: the cross-validated accuracy
   less the selection bias of picking the best of many configurations (Tibshirani & Tibshirani
-  2009), +- 1.645 binomial standard errors of the labelled set and of the test set.
+  2009), +- 1.645 standard errors (of the k-fold mean, corrected for overlapping folds, and of
+  the test set).
 
 The features are returned with the report, so ``--recipe auto`` fits the winner from them with
 no second pass over the images.
@@ -200,23 +201,42 @@ def choose(candidates: Sequence[Candidate], test_fraction: float) -> tuple[Candi
 
 
 def expected_accuracy(
-    candidates: Sequence[Candidate], chosen: Candidate, labelled: int, tested: int | None = None
+    candidates: Sequence[Candidate],
+    chosen: Candidate,
+    labelled: int,
+    tested: int | None = None,
+    test_fraction: float = 0.2,
 ) -> dict[str, float]:
     """Expected accuracy of ``chosen`` refitted on every labelled image, with an interval.
 
     The cross-validated accuracy of the best of many configurations is optimistic: the bias is
     estimated as the mean, over folds, of how much the best configuration on each fold beat the
-    chosen one there (Tibshirani & Tibshirani 2009). The interval adds the binomial error of an
-    estimate from ``labelled`` images and, when given, of a test set of ``tested`` images.
+    chosen one there (Tibshirani & Tibshirani 2009). The variance of a k-fold mean is larger than
+    the binomial variance of ``labelled`` images, since the folds' training sets overlap: it is
+    the corrected resampled variance of Nadeau & Bengio (2003), ``(1/J + n_test/n_train)`` times
+    the variance of the ``J`` fold accuracies, or the binomial one when that is larger; a test set
+    of ``tested`` images adds its own binomial variance.
+
+    Args:
+        candidates: Every candidate the choice was made among (on the same folds).
+        chosen: The chosen one.
+        labelled: Labelled images the folds were drawn from.
+        tested: Size of the test set the accuracy will be measured on, if known.
+        test_fraction: Share of the samples in each held-out fold (``1/k``).
 
     Returns:
-        ``estimate``, ``low``, ``high`` and ``bias``, as fractions.
+        ``estimate``, ``low``, ``high`` (a 90 % interval) and ``bias``, as fractions.
     """
     rows = np.concatenate([c.path.accuracy for c in candidates], axis=0)
     bias = float((rows.max(axis=0) - chosen.folds).mean())
     estimate = min(max(chosen.mean - bias, 0.0), 1.0)
     spread = estimate * (1.0 - estimate)
-    variance = spread / max(labelled, 1) + (spread / tested if tested else 0.0)
+    folds = chosen.folds
+    corrected = 0.0
+    if len(folds) > 1:
+        ratio = test_fraction / max(1.0 - test_fraction, 1e-9)
+        corrected = (1.0 / len(folds) + ratio) * float(np.var(folds, ddof=1))
+    variance = max(corrected, spread / max(labelled, 1)) + (spread / tested if tested else 0.0)
     half = INTERVAL_Z * math.sqrt(variance)
     return {
         "estimate": round(estimate, 4),
@@ -436,7 +456,7 @@ def measure(
     k = len(splits) // max(repeats, 1)
     verdict = decide(candidates, samples_per_class, num_classes, len(decodable["train"]), 1.0 / k)
     tested = len(decodable["test"]) if with_test else None
-    expected = expected_accuracy(candidates, verdict["probe"], len(rows), tested)
+    expected = expected_accuracy(candidates, verdict["probe"], len(rows), tested, 1.0 / k)
     report = _report(verdict, candidates, expected, samples_per_class, num_classes)
     report["evidence"].update(
         num_train=len(decodable["train"]),
@@ -494,7 +514,8 @@ def _report(
                 "joined with the best deep stage; repeated stratified k-fold accuracy over every "
                 "labelled image; shallower stages must win by twice the corrected resampled "
                 "standard error (Nadeau & Bengio 2003); expected accuracy less the selection "
-                "bias (Tibshirani & Tibshirani 2009), 90 % binomial interval"
+                "bias (Tibshirani & Tibshirani 2009), 90 % interval from the corrected variance "
+                "of the folds and the test set's binomial variance"
             ),
         },
     }

@@ -42,12 +42,14 @@ class ExactFit:
         candidate: The feature set with its cross-validated path.
         labelled: Number of labelled images (train + val).
         val_acc: Accuracy on val of the probe fitted on train alone (``None`` without val).
+        folds: Folds per repeat of the cross-validation.
     """
 
     probe: Probe
     candidate: Candidate
     labelled: int
     val_acc: float | None
+    folds: int = 5
 
     def record(self, tested: int | None) -> dict[str, Any]:
         """Plain data for metrics.json."""
@@ -57,7 +59,7 @@ class ExactFit:
             "l2": self.probe.l2,
             "labelled": self.labelled,
             "expected_accuracy": expected_accuracy(
-                [self.candidate], self.candidate, self.labelled, tested
+                [self.candidate], self.candidate, self.labelled, tested, 1.0 / self.folds
             ),
         }
 
@@ -103,7 +105,8 @@ def fit_exact(
         strength = rescale_l2(candidate.l2, len(rows), len(train_y))
         on_train = fit_probe(train_x, train_y, strength, classes)
         val_acc = on_train.accuracy(features["val"][0], features["val"][1])
-    return ExactFit(probe, candidate, len(y), val_acc)
+    repeats = cv_repeats(len(rows))
+    return ExactFit(probe, candidate, len(y), val_acc, len(splits) // repeats)
 
 
 @torch.no_grad()
