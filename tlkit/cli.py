@@ -128,6 +128,8 @@ def _lightning_cli(args: Sequence[str], run: bool = True, one_line_errors: bool 
                     "checkpoint.enable_version_counter": False,
                 }
             )
+            # Lightning's model summary is shown with --verbose only.
+            parser.set_defaults({"trainer.enable_model_summary": _VERBOSE["on"]})
             parser.add_lightning_class_args(RichProgressBar, "progress_bar")
             parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
             parser.set_defaults({"lr_monitor.logging_interval": "step"})

@@ -16,7 +16,6 @@ from tlkit.cli import (
     _AUTO_ENV,
     _PASSTHROUGH,
     _RUN_DIR_ENV,
-    _VERBOSE,
     _lightning_cli,
     _rank_zero,
 )
@@ -128,8 +127,6 @@ def _recipe_args(opts: argparse.Namespace, recipe: Path, run_dir: Path) -> list[
         args += ["--model.trust_weights", "true"]
     if opts.strict:
         args += ["--data.strict", "true"]
-    if not _VERBOSE["on"]:  # the model summary is Lightning's, shown with --verbose
-        args += ["--trainer.enable_model_summary", "false"]
     return [
         *args,
         "--trainer.default_root_dir", str(run_dir),
