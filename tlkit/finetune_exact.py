@@ -39,7 +39,11 @@ def _features(model, datamodule, run: ExactRun) -> dict:
     """``split -> (features, labels)`` for the features the model's head reads."""
     stage = model.strategy.feature_stage
     stages = stage if isinstance(stage, tuple) else (stage,)
-    if run.features is not None:  # what advise measured: no second pass over the images
+    splits = datamodule.check_images()
+    same = run.features is not None and all(
+        len(run.features.labels(name)) == len(splits[name]) for name in ("train", "val", "test")
+    )
+    if same:  # what advise measured (the same splits): no second pass over the images
         return {
             name: (run.features.select(name, stages), run.features.labels(name))
             for name in ("train", "val", "test")
