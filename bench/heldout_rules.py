@@ -26,12 +26,12 @@ import torch
 from common import write
 from heldout_data import FAMILIES, TUNING_SEEDS, build_task
 
-from tlkit.advise import measure
+from tlkit.advise import feature_stages, measure
 from tlkit.probe import fit_probe, rescale_l2
 
 
 def _test(features, stage, l2: float, measured: int) -> float:
-    stages = [None if s == "top" else s for s in (stage if isinstance(stage, list) else [stage])]
+    stages = feature_stages(stage)
     x = torch.cat([features.select(s, stages) for s in ("train", "val")])
     y = torch.cat([features.labels(s) for s in ("train", "val")])
     probe = fit_probe(x, y, rescale_l2(l2, measured, len(y)))

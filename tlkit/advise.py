@@ -60,6 +60,7 @@ __all__ = [
     "choose",
     "decide",
     "expected_accuracy",
+    "feature_stages",
     "measure",
     "score_candidates",
     "stage_features",
@@ -136,14 +137,28 @@ class Candidate:
         }
 
 
+def feature_stages(stage: int | list[int | str] | None) -> tuple[int | None, ...]:
+    """The feature indices (``None``: the top) of a ``probe_stage`` ``stage`` setting, or of
+    a report's ``probe_stage`` (``None``: the top features alone); the inverse of
+    :attr:`Candidate.strategy_stage`."""
+    if stage is None:
+        return (None,)
+    return tuple(None if s == "top" else s for s in (stage if isinstance(stage, list) else [stage]))
+
+
 # --- the candidates and the choice (pure) ------------------------------------------------------
-def _noise(a: Candidate, b: Candidate, test_fraction: float) -> float:
-    """Twice the corrected resampled standard error of ``a - b`` over the shared folds."""
-    diffs = a.folds - b.folds
-    if len(diffs) < 2:
+def _corrected_variance(folds: np.ndarray, test_fraction: float) -> float:
+    """Variance of the mean of per-fold scores, corrected for overlapping training sets
+    (Nadeau & Bengio 2003): ``(1/J + n_test/n_train)`` times the variance of the ``J`` scores."""
+    if len(folds) < 2:
         return 0.0
     ratio = test_fraction / max(1.0 - test_fraction, 1e-9)
-    return 2.0 * math.sqrt((1.0 / len(diffs) + ratio) * float(np.var(diffs, ddof=1)))
+    return (1.0 / len(folds) + ratio) * float(np.var(folds, ddof=1))
+
+
+def _noise(a: Candidate, b: Candidate, test_fraction: float) -> float:
+    """Twice the corrected resampled standard error of ``a - b`` over the shared folds."""
+    return 2.0 * math.sqrt(_corrected_variance(a.folds - b.folds, test_fraction))
 
 
 def score_candidates(
@@ -231,11 +246,7 @@ def expected_accuracy(
     bias = float((rows.max(axis=0) - chosen.folds).mean())
     estimate = min(max(chosen.mean - bias, 0.0), 1.0)
     spread = estimate * (1.0 - estimate)
-    folds = chosen.folds
-    corrected = 0.0
-    if len(folds) > 1:
-        ratio = test_fraction / max(1.0 - test_fraction, 1e-9)
-        corrected = (1.0 / len(folds) + ratio) * float(np.var(folds, ddof=1))
+    corrected = _corrected_variance(chosen.folds, test_fraction)
     variance = max(corrected, spread / max(labelled, 1)) + (spread / tested if tested else 0.0)
     half = INTERVAL_Z * math.sqrt(variance)
     return {

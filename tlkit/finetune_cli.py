@@ -367,13 +367,19 @@ def _print_exact_plan(model, datamodule, recipe: str, run_dir: Path) -> None:
     """Before an exact fit: what runs on what."""
     from rich.console import Console
 
-    info = datamodule.describe()
     stage = model.strategy.describe().get("stage", "top")
     Console(stderr=True, highlight=False).print(
         f"[bold]tlkit[/] recipe [cyan]{recipe}[/], backbone [cyan]{model.hparams.backbone}[/] "
         f"({model.weights_source}) frozen; head: exact logistic probe on features "
         f"[cyan]{json.dumps(stage)}[/], L2 chosen by cross-validation over train + val, "
-        f"refitted on both\n"
+        f"refitted on both\n{_data_line(datamodule, run_dir)}"
+    )
+
+
+def _data_line(datamodule, run_dir: Path) -> str:
+    """What data the run uses, and where it writes."""
+    info = datamodule.describe()
+    return (
         f"data {info['data']}: {info['num_classes']} classes, {info['num_train']} train / "
         f"{info['num_val']} val / {info['num_test']} test, {info['image_size']} px; "
         f"run directory {run_dir}"
@@ -387,15 +393,11 @@ def _print_plan(model, datamodule, recipe: str, run_dir: Path, epochs: int) -> N
 
     if not _rank_zero():
         return
-    info = datamodule.describe()
     console = Console(stderr=True, highlight=False)
     console.print(
         f"[bold]tlkit[/] recipe [cyan]{recipe}[/], backbone [cyan]{model.hparams.backbone}[/] "
         f"({model.weights_source}), strategy [cyan]{model.strategy.name}[/], optimizer "
-        f"[cyan]{model.hparams.optimizer}[/]\n"
-        f"data {info['data']}: {info['num_classes']} classes, {info['num_train']} train / "
-        f"{info['num_val']} val / {info['num_test']} test, {info['image_size']} px; "
-        f"run directory {run_dir}"
+        f"[cyan]{model.hparams.optimizer}[/]\n{_data_line(datamodule, run_dir)}"
     )
     table = Table(title="fine-tune plan", title_justify="left")
     for column in ("layer group", "params", "trains", "lr", "BN while frozen"):

@@ -139,7 +139,7 @@ def probe_baseline(datamodule, run: ExactRun, model) -> dict | None:
     """
     if not run.recipe.startswith("large-"):
         return None
-    from tlkit.advise import measure
+    from tlkit.advise import feature_stages, measure
     from tlkit.probe import fit_probe, rescale_l2
 
     start = time.perf_counter()
@@ -156,7 +156,7 @@ def probe_baseline(datamodule, run: ExactRun, model) -> dict | None:
             datamodule=datamodule,
         )
     probe = decision["probe"]
-    stages = tuple(None if s == "top" else s for s in _as_list(probe["stage"]))
+    stages = feature_stages(probe["stage"])
     import torch
 
     x = torch.cat([features.select(s, stages) for s in ("train", "val")])
@@ -169,12 +169,6 @@ def probe_baseline(datamodule, run: ExactRun, model) -> dict | None:
         "probe_test_acc": accuracy,
         "probe_fit_seconds": round(time.perf_counter() - start, 3),
     }
-
-
-def _as_list(stage: Any) -> list:
-    if stage is None:
-        return ["top"]
-    return stage if isinstance(stage, list) else [stage]
 
 
 def probe_verdict(test_acc: float, baseline: dict) -> str:

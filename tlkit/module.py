@@ -174,10 +174,10 @@ class TransferModule(L.LightningModule):
                 "optimizer lbfgs trains a linear head on cached features: use it with strategy "
                 "linear_probe or probe_stage"
             )
-        if solver == "exact" and (not self.strategy.frozen_backbone or head_hidden):
+        if solver == "exact" and not self._exact_applies:
             raise TlkitError(
                 "solver exact fits a linear head on frozen features: use it with strategy "
-                "linear_probe or probe_stage and head_hidden 0"
+                "linear_probe or probe_stage, head_hidden 0 and a BatchNorm policy other than train"
             )
         if min(l2_range) < 0 or lbfgs_max_iter < 1:
             raise TlkitError("l2_range must be >= 0 and lbfgs_max_iter >= 1")
@@ -280,11 +280,15 @@ class TransferModule(L.LightningModule):
         return self
 
     @property
+    def _exact_applies(self) -> bool:
+        """A frozen backbone whose features can be cached and a linear head on them."""
+        strategy = self.strategy
+        return strategy.frozen_backbone and strategy.bn != "train" and not self.hparams.head_hidden
+
+    @property
     def exact(self) -> bool:
         """True when ``tlkit finetune`` solves the head exactly instead of training it."""
-        solver = self.hparams.solver
-        linear = self.strategy.frozen_backbone and not self.hparams.head_hidden
-        return solver == "exact" or (solver == "auto" and linear and self.strategy.bn != "train")
+        return self.hparams.solver != "epochs" and self._exact_applies
 
     def on_fit_start(self) -> None:
         if self.hparams.solver == "exact":

@@ -22,12 +22,10 @@ the solution lies in that span.
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -115,18 +113,6 @@ def _one_thread() -> Iterator[None]:
     finally:
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
-
-
-_F = TypeVar("_F", bound=Callable[..., Any])
-
-
-def _single_threaded(fn: _F) -> _F:
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        with _one_thread():
-            return fn(*args, **kwargs)
-
-    return wrapper  # type: ignore[return-value]
 
 
 def cv_rows(
@@ -273,7 +259,7 @@ class CVPath:
         return self.accuracy[self.best if index is None else index]
 
 
-@_single_threaded
+@_one_thread()
 def cv_path(
     features: torch.Tensor,
     labels: torch.Tensor | np.ndarray,
@@ -346,7 +332,7 @@ class Probe:
         return float((self.logits(features).argmax(1) == y).double().mean())
 
 
-@_single_threaded
+@_one_thread()
 def fit_probe(
     features: torch.Tensor, labels: torch.Tensor | np.ndarray, l2: float, classes: int | None = None
 ) -> Probe:
@@ -367,10 +353,10 @@ def fit_probe(
     mean, std = standardizer(x)
     z = (x - mean) / std
     basis = _reduce(z)
+    reduced = z if basis is None else z @ basis
     state = None
     # The same path as the cross-validation, so the refit lands on the same solution branch.
     for strength in [s for s in L2_GRID if s > l2] + [l2]:
-        reduced = z if basis is None else z @ basis
         state = fit_logistic(reduced, y, classes, strength, init=state)
     weight, bias = state
     if basis is not None:

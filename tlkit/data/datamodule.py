@@ -217,31 +217,14 @@ class TransferDataModule(L.LightningDataModule):
         Returns:
             ``split -> (features (N, D), labels (N,))`` for ``train``, ``val`` and ``test``.
         """
-        cache_dir = self.hparams.cache_dir
-        out = {}
+        out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         for name, split in self.check_images().items():
             if not len(split) and out:  # no val split: one image per class cannot spare one
                 width = next(iter(out.values()))[0].shape[1]
                 out[name] = (torch.zeros(0, width), torch.zeros(0, dtype=torch.long))
                 continue
             dataset = ImageDataset(split, build_pipeline(eval_transform(self.spec)))
-            identity = {
-                "data": DataSource(classes=self.source.classes, train=split).fingerprint(),
-                "split": name,
-                "transform": dataset.transform.to_dict(),
-                "views": 1,
-                "seed": None,
-            }
-            features = cached_features(
-                extractor,
-                dataset,
-                identity,
-                Path(cache_dir) if cache_dir else default_cache_dir(),
-                batch_size=max(64, self.hparams.batch_size),
-                num_workers=self.num_workers,
-                device=device,
-                description=f"{name} features",
-            )
+            features = self._cached(name, dataset, extractor, device)
             out[name] = (features.tensors[0], features.tensors[1])
         return out
 
@@ -344,27 +327,38 @@ class TransferDataModule(L.LightningDataModule):
         dataset = self.datasets[name]
         if self.extractor is None:
             return dataset
-        cache_dir = self.hparams.cache_dir
-        content = DataSource(classes=self.source.classes, train=dataset.split).fingerprint()
         views = (
             self.hparams.feature_views if name == "train" and self.hparams.augment != "none" else 1
         )
+        model = self.trainer.lightning_module
+        device = model.device if model is not None else torch.device("cpu")
+        return self._cached(name, dataset, self.extractor, device, views)
+
+    def _cached(
+        self,
+        name: str,
+        dataset: ImageDataset,
+        extractor: FeatureExtractor,
+        device: torch.device | str,
+        views: int = 1,
+    ) -> Dataset:
+        """The features of ``dataset`` (split ``name``), from the feature cache or one pass."""
+        cache_dir = self.hparams.cache_dir
         identity = {
-            "data": content,
+            "data": DataSource(classes=self.source.classes, train=dataset.split).fingerprint(),
             "split": name,
             "transform": dataset.transform.to_dict(),
             "views": views,
             "seed": self.hparams.seed if views > 1 else None,
         }
-        model = self.trainer.lightning_module
         return cached_features(
-            self.extractor,
+            extractor,
             dataset,
             identity,
             Path(cache_dir) if cache_dir else default_cache_dir(),
             batch_size=max(64, self.hparams.batch_size),
             num_workers=self.num_workers,
-            device=model.device if model is not None else torch.device("cpu"),
+            device=device,
             description=f"{name} features",
             views=views,
         )
