@@ -24,7 +24,7 @@ from tlkit.backbones import create_backbone
 from tlkit.cli import main as tlkit_main
 from tlkit.data import TransferDataModule
 from tlkit.data.datasets import ImageDataset
-from tlkit.data.transforms import build_pipeline, eval_transform
+from tlkit.transforms import build_pipeline, eval_transform
 
 
 def finetune(opts, work: str) -> float:

@@ -25,7 +25,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from tlkit.utils import atomic_path
 
-__all__ = ["AtomicCheckpointIO", "LastCheckpoint", "protect_checkpoints"]
+__all__ = ["AtomicCheckpointIO", "LastCheckpoint", "protect_checkpoints", "self_contained"]
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -88,3 +88,20 @@ def protect_checkpoints(trainer: L.Trainer) -> L.Trainer:
         best.save_last = False
         trainer.callbacks.append(LastCheckpoint(best.dirpath))
     return trainer
+
+
+def self_contained(checkpoint: dict[str, Any], weights_source: str) -> None:
+    """Make a TransferModule checkpoint reload without its pretrained weights.
+
+    The checkpoint holds every weight, so its hyperparameters are rewritten to build the backbone
+    without pretrained weights (``pretrained: false``, no ``weights`` file); where the weights
+    came from is kept under ``init_weights``.
+
+    Args:
+        checkpoint: The checkpoint dict Lightning is about to save, changed in place.
+        weights_source: Where the backbone's starting weights came from.
+    """
+    hparams = checkpoint.get("hyper_parameters")
+    if isinstance(hparams, dict):
+        checkpoint["init_weights"] = weights_source
+        hparams.update(pretrained=False, weights=None)

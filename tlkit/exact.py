@@ -6,12 +6,17 @@ labelled image (train and val together), then refitted on all of them. The valid
 when there is one, is still scored, by the same probe fitted on the training split alone.
 
 The features come from the caller: the run's feature cache (one pass over each split), or the
-features ``tlkit advise`` already measured for ``--recipe auto``.
+features ``tlkit advise`` already measured for ``--recipe auto``. :func:`finetune_exact` is the
+whole run of ``tlkit finetune`` for such a recipe: no training loop, the head solved, and the same
+run directory an epoch-trained run writes (checkpoint, metrics.json, config, report).
 """
 
 from __future__ import annotations
 
+import json
+import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -28,7 +33,17 @@ from tlkit.probe import (
     stratified_folds,
 )
 
-__all__ = ["ExactFit", "fit_exact", "install_probe", "probabilities"]
+__all__ = [
+    "ExactFit",
+    "ExactRun",
+    "finetune_exact",
+    "fit_exact",
+    "install_probe",
+    "probabilities",
+    "probe_baseline",
+    "probe_verdict",
+    "write_checkpoint",
+]
 
 SplitFeatures = dict[str, tuple[torch.Tensor, torch.Tensor]]
 
@@ -138,3 +153,171 @@ def probabilities(head: torch.nn.Module, features: torch.Tensor) -> torch.Tensor
     with torch.no_grad():
         chunks = [head(x.float()).softmax(-1) for x in torch.split(features, 4096)]
     return torch.cat(chunks) if chunks else torch.zeros(0)
+
+
+@dataclass
+class ExactRun:
+    """Where an exact run writes and what it was handed.
+
+    Attributes:
+        run_dir: The run directory.
+        recipe: Recipe name, for the records.
+        seed: Seed of the folds.
+        decision: ``--recipe auto``'s report, if any.
+        features: ``--recipe auto``'s measured :class:`~tlkit.advise.StageFeatures`, if any.
+    """
+
+    run_dir: Path
+    recipe: str
+    seed: int = 42
+    decision: dict[str, Any] | None = None
+    features: Any = None
+
+
+def _features(model, datamodule, run: ExactRun) -> dict:
+    """``split -> (features, labels)`` for the features the model's head reads."""
+    stage = model.strategy.feature_stage
+    stages = stage if isinstance(stage, tuple) else (stage,)
+    splits = datamodule.check_images()
+    same = run.features is not None and all(
+        len(run.features.labels(name)) == len(splits[name]) for name in ("train", "val", "test")
+    )
+    if same:  # what advise measured (the same splits): no second pass over the images
+        return {
+            name: (run.features.select(name, stages), run.features.labels(name))
+            for name in ("train", "val", "test")
+        }
+    extractor = model.frozen_feature_extractor()
+    return datamodule.split_features(extractor, device=model.device)
+
+
+def write_checkpoint(model, datamodule, path: Path) -> Path:
+    """A Lightning checkpoint of ``model`` (``load_checkpoint`` and ``load_from_checkpoint``
+    read it like one written by the Trainer)."""
+    import lightning
+    import torch
+
+    from tlkit.utils import atomic_path
+
+    checkpoint: dict[str, Any] = {
+        "epoch": 0,
+        "global_step": 0,
+        "pytorch-lightning_version": lightning.__version__,
+        "state_dict": model.state_dict(),
+        "hyper_parameters": dict(model.hparams),
+        "datamodule_hyper_parameters": dict(datamodule.hparams),
+    }
+    model.on_save_checkpoint(checkpoint)
+    with atomic_path(path) as tmp:
+        torch.save(checkpoint, tmp)
+    return path
+
+
+def _name(stages: tuple) -> str:
+    return "+".join("top" if s is None else f"stage {s}" for s in stages)
+
+
+def finetune_exact(model, datamodule, run: ExactRun) -> dict[str, Any]:
+    """Fit ``model``'s head exactly, test it, write the run directory; return metrics.json."""
+    from tlkit.report import evaluation_metrics, write_run_report
+
+    start = time.perf_counter()
+    features = _features(model, datamodule, run)
+    extracted = time.perf_counter() - start
+    stage = model.strategy.feature_stage
+    stages = stage if isinstance(stage, tuple) else (stage,)
+    fit = fit_exact(features, _name(stages), stages, model.hparams.num_classes, run.seed)
+    install_probe(model.head, fit.probe)
+    fit_seconds = time.perf_counter() - start
+    seconds = {"features": round(extracted, 3), "probe": round(fit_seconds - extracted, 3)}
+    test_x, test_y = features["test"]
+    result = evaluation_metrics(probabilities(model.head, test_x), test_y, datamodule.class_names)
+    metrics: dict[str, Any] = {"test_acc": result["acc"], "test_f1": result["f1"]}
+    if "top5" in result:
+        metrics["test_top5"] = result["top5"]
+    metrics["val_acc"] = fit.val_acc
+    metrics.update(fit.record(len(test_y)))
+    if run.decision is not None:  # advise's estimate also removes the bias of its choice
+        metrics["expected_accuracy"] = run.decision["expected_accuracy"]
+    best = run.run_dir / "checkpoints" / "best.ckpt"
+    metrics.update(
+        epochs=0,
+        fit_seconds=round(fit_seconds, 3),
+        solver="exact",
+        recipe=run.recipe,
+        backbone=model.hparams.backbone,
+        weights=model.weights_source,
+        strategy=model.strategy.describe(),
+        plan=model.plan(1),
+        best_checkpoint=str(best),
+        **datamodule.describe(),
+    )
+    tested = time.perf_counter()
+    write_checkpoint(model, datamodule, best)
+    write_checkpoint(model, datamodule, best.with_name("last.ckpt"))
+    write_run_report(run.run_dir, metrics, result["confusion_matrix"], datamodule.class_names, [])
+    seconds.update(
+        test=round(tested - start - fit_seconds, 3),
+        checkpoint_and_report=round(time.perf_counter() - tested, 3),
+    )
+    metrics["seconds"] = seconds  # where the in-process time went
+    (run.run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+def probe_baseline(datamodule, run: ExactRun, model) -> dict | None:
+    """For the large cells: the exact probe fitted first (seconds), the bar fine-tuning must clear.
+
+    With ``--recipe auto`` it is fitted on what advise measured; a named large recipe measures
+    the data the same way first (one pass over the images, cached).
+
+    Returns:
+        ``probe`` (name, stage, L2), ``probe_test_acc`` and ``probe_fit_seconds``, or ``None``
+        when the recipe is not a large cell.
+    """
+    from tlkit.recipes import is_large_cell
+
+    if not is_large_cell(run.recipe):
+        return None
+    from tlkit.advise import feature_stages, measure
+    from tlkit.probe import fit_probe, rescale_l2
+
+    start = time.perf_counter()
+    decision, features = run.decision, run.features
+    if features is None:
+        hp = model.hparams
+        decision, features = measure(
+            str(datamodule.hparams.data),
+            backbone=hp.backbone,
+            weights=hp.weights,
+            pretrained=hp.pretrained,
+            seed=run.seed,
+            with_test=True,
+            datamodule=datamodule,
+        )
+    probe = decision["probe"]
+    stages = feature_stages(probe["stage"])
+    import torch
+
+    x = torch.cat([features.select(s, stages) for s in ("train", "val")])
+    y = torch.cat([features.labels(s) for s in ("train", "val")])
+    measured = decision["evidence"]["images_measured"]
+    fitted = fit_probe(x, y, rescale_l2(probe["l2"], measured, len(y)), datamodule.num_classes)
+    accuracy = fitted.accuracy(features.select("test", stages), features.labels("test"))
+    return {
+        "probe": probe,
+        "probe_test_acc": accuracy,
+        "probe_fit_seconds": round(time.perf_counter() - start, 3),
+    }
+
+
+def probe_verdict(test_acc: float, baseline: dict) -> str:
+    """One plain line: did fine-tuning beat the exact probe on the test split?"""
+    gap = 100 * (test_acc - baseline["probe_test_acc"])
+    name = baseline["probe"]["name"]
+    if gap > 0:
+        return f"fine-tuning beat the exact probe on {name} by {gap:+.1f} points on test"
+    return (
+        f"fine-tuning did NOT beat the exact probe on {name} ({gap:+.1f} points on test): "
+        "the frozen probe is the better model here (a small-* recipe fits it in seconds)"
+    )

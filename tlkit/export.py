@@ -29,12 +29,12 @@ def timm_state_dict(loaded: LoadedModel) -> dict[str, torch.Tensor]:
     if model.hparams.head_hidden or model.strategy.feature_stage is not None:
         raise TlkitError(
             "this model's head (hidden layer or earlier-stage features) has no timm equivalent; "
-            "export it with --format onnx or --format torchscript"
+            "export it with `format=onnx` or `format=torchscript`"
         )
     classifier = model.backbone.pretrained_cfg.get("classifier")
     if not isinstance(classifier, str):
         raise TlkitError(
-            f"timm names no classifier for {model.hparams.backbone}; use --format onnx"
+            f"timm names no classifier for {model.hparams.backbone}; use `format=onnx`"
         )
     linear = model.head[-1]
     state = {k: v.detach().clone().contiguous() for k, v in model.backbone.state_dict().items()}

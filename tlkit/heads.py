@@ -8,12 +8,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, Dataset
 
-__all__ = ["Classifier", "Head", "Standardize", "feature_width", "pooled_features"]
+from tlkit.errors import TlkitError
+
+__all__ = [
+    "Classifier",
+    "Head",
+    "Standardize",
+    "feature_moments",
+    "feature_width",
+    "pooled_features",
+]
 
 
 class Standardize(nn.Module):
@@ -121,11 +132,50 @@ def pooled_features(
     return torch.cat([top if s is None else pooled[s % count] for s in stages], dim=1)
 
 
-def feature_width(backbone: nn.Module, stage: int | tuple[int | None, ...] | None) -> int:
-    """Width of :func:`pooled_features` for ``stage``."""
+def feature_width(
+    backbone: nn.Module, stage: int | tuple[int | None, ...] | None, name: str = "the backbone"
+) -> int:
+    """Width of :func:`pooled_features` for ``stage``.
+
+    Raises:
+        TlkitError: If a stage is out of range for ``backbone`` (called ``name`` in the message).
+    """
     stages = stage if isinstance(stage, tuple) else (stage,)
     info = backbone.feature_info
+    for index in stages:
+        if index is not None and not -len(info) <= index < len(info):
+            raise TlkitError(
+                f"probe_stage: stage {index} out of range for {name} "
+                f"({len(info)} stages); pass a stage in {-len(info)}..{len(info) - 1}"
+            )
     return sum(backbone.num_features if s is None else info[s]["num_chs"] for s in stages)
+
+
+@torch.no_grad()
+def feature_moments(
+    dataset: Dataset,
+    encode: Callable[[torch.Tensor], torch.Tensor],
+    width: int,
+    batch_size: int,
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Sum, sum of squares and count of the ``width``-wide features of ``dataset``, in float64.
+
+    One pass in order; items are ``(input, label)`` or inputs; ``(N, D)`` inputs are features
+    already, images go through ``encode``. The global RNG is left as it was. These are the
+    statistics :meth:`Standardize.fit` takes (reduce them over ranks first under DDP).
+    """
+    total = torch.zeros(width, dtype=torch.float64, device=device)
+    total_sq = torch.zeros_like(total)
+    count = torch.zeros((), dtype=torch.float64, device=device)
+    with torch.random.fork_rng(devices=[]):
+        for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+            inputs = (batch[0] if isinstance(batch, (tuple, list)) else batch).to(device)
+            features = (inputs if inputs.ndim == 2 else encode(inputs)).double()
+            total += features.sum(0)
+            total_sq += features.pow(2).sum(0)
+            count += features.shape[0]
+    return total, total_sq, count
 
 
 class Classifier(nn.Module):

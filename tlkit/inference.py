@@ -1,33 +1,41 @@
-"""Load checkpoints safely; predict and evaluate with one model or an ensemble of them."""
+"""Load checkpoints safely; predict with one model or an ensemble through ``Trainer.predict``."""
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import inspect
+import logging
 import os
 import pickle
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+import albumentations as A
+import lightning as L
 import torch
-from rich.progress import Progress
+from lightning.pytorch.callbacks import Callback
+from torch.utils.data import DataLoader, Dataset
 
 from tlkit.backbones.weights import UNSAFE_GLOBAL as _UNSAFE_GLOBAL
+from tlkit.callbacks import FlipTTA, SnapshotEnsemble
 from tlkit.data.images import load_image
-from tlkit.data.transforms import PipelineSpec, data_config_for, eval_transform
+from tlkit.data.sources import Item
 from tlkit.errors import TlkitError
 from tlkit.module import TransferModule
+from tlkit.transforms import PipelineSpec, data_config_for, eval_transform
 
 __all__ = [
+    "ImageItems",
     "LoadedModel",
     "ensemble_probabilities",
+    "ensemble_size",
     "load_checkpoint",
+    "predict_probabilities",
     "read_checkpoint",
-    "snapshot_members",
+    "snapshot_ensemble",
 ]
 
 
@@ -108,7 +116,7 @@ def read_checkpoint(path: str | os.PathLike, trust: bool = False, fix: str = _FI
         if found is not None:
             raise TlkitError(
                 f"checkpoint {path} holds Python objects ({found.group(1)}) "
-                "whose loading can run arbitrary code; pass --trust-weights if you trust the file"
+                "whose loading can run arbitrary code; pass `trust=True` if you trust the file"
             ) from None
         raise _corrupt(path, err, fix) from None
     except Exception as err:  # torch.load raises many types on damaged files
@@ -127,30 +135,118 @@ def _corrupt(path: Path, err: BaseException, fix: str) -> TlkitError:
     return TlkitError(f"checkpoint {path} is corrupt or not a checkpoint ({reason}); {fix}")
 
 
-def snapshot_members(loaded: LoadedModel) -> list[LoadedModel]:
-    """The snapshot-ensemble members stored in a checkpoint, or ``[loaded]`` when it has none.
+class ImageItems(Dataset):
+    """Images (paths or RGB arrays) decoded and preprocessed for prediction, in order.
 
-    :class:`~tlkit.callbacks.SnapshotEnsemble` keeps, per snapshot, the tensors that changed
-    (trainable weights, BN statistics); each member is the checkpoint's model with one snapshot's
-    tensors loaded over it.
+    Args:
+        items: Image paths or RGB arrays.
+        transform: An albumentations pipeline ending in a tensor.
+    """
+
+    def __init__(self, items: Sequence[Item], transform: A.Compose) -> None:
+        self.items = items
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.transform(image=load_image(self.items[index]))["image"]
+
+
+def snapshot_ensemble(loaded: LoadedModel) -> SnapshotEnsemble | None:
+    """The :class:`~tlkit.callbacks.SnapshotEnsemble` stored in a checkpoint, with its snapshots.
+
+    Returns:
+        The callback restored from the checkpoint, or ``None`` when it holds no snapshots.
     """
     states = (loaded.checkpoint.get("callbacks") or {}).items()
-    snapshots = next(
-        (state["snapshots"] for key, state in states
+    state = next(
+        (state for key, state in states
          if str(key).startswith("SnapshotEnsemble") and state.get("snapshots")),
         None,
     )  # fmt: skip
-    if not snapshots:
-        return [loaded]
-    members = []
-    for snapshot in snapshots:
-        model = copy.deepcopy(loaded.model)
-        model.load_state_dict(snapshot["tensors"], strict=False)
-        members.append(dataclasses.replace(loaded, model=model.eval()))
-    return members
+    if state is None:
+        return None
+    callback = SnapshotEnsemble(cycles=state["cycles"])
+    callback.load_state_dict(state)
+    return callback
+
+
+def ensemble_size(loaded: LoadedModel) -> int:
+    """How many models a checkpoint predicts with: its snapshots, or 1 without any."""
+    snapshot = snapshot_ensemble(loaded)
+    return len(snapshot.snapshots) if snapshot is not None else 1
+
+
+def predict_probabilities(
+    loaded: LoadedModel,
+    items: Sequence[Item],
+    batch_size: int = 64,
+    tta: bool = False,
+    progress: bool = False,
+    verbose: bool = False,
+) -> torch.Tensor:
+    """Softmax of one checkpoint over images, through ``Trainer.predict``.
+
+    The model's ``predict_step`` runs on the best available accelerator, averaged over the
+    checkpoint's snapshots when it holds a snapshot ensemble and over mirror images with ``tta``.
+
+    Args:
+        loaded: A checkpoint from :func:`load_checkpoint`.
+        items: Image paths or RGB arrays, preprocessed as the model was trained.
+        batch_size: Images per forward pass.
+        tta: Also average the horizontally flipped images (:class:`~tlkit.callbacks.FlipTTA`).
+        progress: Show a progress bar.
+        verbose: Show Lightning's info lines (accelerator banner) and warnings.
+
+    Returns:
+        ``(len(items), num_classes)`` probabilities on the CPU; the model is back on the CPU too.
+    """
+    if len(items) == 0:
+        return torch.zeros(0, len(loaded.class_names))
+    callbacks: list[Callback] = [FlipTTA(stages="predict")] if tta else []
+    snapshot = snapshot_ensemble(loaded)
+    if snapshot is not None:
+        callbacks.append(snapshot)
+    dataset = ImageItems(items, eval_transform(loaded.pipeline()))
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    with _lightning_output(verbose):
+        trainer = L.Trainer(
+            accelerator="auto",
+            devices=1,
+            logger=False,
+            callbacks=callbacks,
+            enable_checkpointing=False,
+            enable_model_summary=False,
+            enable_progress_bar=progress,
+        )
+        batches = trainer.predict(loaded.model, dataloaders=loader)
+    return torch.cat([batch.float().cpu() for batch in batches])
+
+
+@contextmanager
+def _lightning_output(verbose: bool) -> Iterator[None]:
+    """Hide Lightning's upstream deprecation noise and, unless ``verbose``, its info lines and
+    the warning that prediction loads images in the main process (no worker start-up)."""
+    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
+    levels = [logger.level for logger in loggers]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)`")
+        if not verbose:
+            warnings.filterwarnings("ignore", message=r"The '\w+' does not have many workers")
+            for logger in loggers:
+                logger.setLevel(logging.WARNING)
+        try:
+            yield
+        finally:
+            for logger, level in zip(loggers, levels, strict=True):
+                logger.setLevel(level)
 
 
 def _check_compatible(models: Sequence[LoadedModel]) -> None:
+    if not models:
+        raise TlkitError("no checkpoint given; pass `checkpoints=FILE`")
     first = models[0]
     for other in models[1:]:
         if other.class_names != first.class_names:
@@ -160,37 +256,37 @@ def _check_compatible(models: Sequence[LoadedModel]) -> None:
             )
 
 
-@torch.inference_mode()
 def ensemble_probabilities(
     models: Sequence[LoadedModel],
-    items: Sequence[str | np.ndarray],
+    items: Sequence[Item],
     batch_size: int = 64,
     progress: bool = True,
+    tta: bool = False,
+    verbose: bool = False,
 ) -> torch.Tensor:
-    """Mean softmax of one or more models over images.
+    """Mean softmax of one or more checkpoints over images.
 
-    Each model preprocesses the images with its own size and normalisation.
+    Every model of the ensemble counts once: a checkpoint holding a snapshot ensemble counts as
+    many times as it has snapshots (:func:`ensemble_size`). Each checkpoint preprocesses the
+    images with its own size and normalisation (:func:`predict_probabilities`).
 
     Args:
         models: Loaded checkpoints (same classes).
         items: Image paths or RGB arrays.
         batch_size: Images per forward pass.
         progress: Show a progress bar.
+        tta: Also average the horizontally flipped images.
+        verbose: Show Lightning's info lines and warnings.
 
     Returns:
         ``(len(items), num_classes)`` probabilities.
     """
-    if not models:
-        raise TlkitError("no checkpoint given; pass --checkpoint FILE [FILE ...]")
     _check_compatible(models)
-    transforms = [eval_transform(m.pipeline()) for m in models]
     total = torch.zeros(len(items), len(models[0].class_names))
-    with Progress(transient=True, disable=not progress) as bar:
-        task = bar.add_task("predicting", total=len(items))
-        for start in range(0, len(items), batch_size):
-            images = [load_image(item) for item in items[start : start + batch_size]]
-            for loaded, transform in zip(models, transforms, strict=True):
-                batch = torch.stack([transform(image=image)["image"] for image in images])
-                total[start : start + len(images)] += loaded.model(batch).softmax(-1)
-            bar.advance(task, len(images))
-    return total / len(models)
+    count = 0
+    for loaded in models:
+        weight = ensemble_size(loaded)
+        probs = predict_probabilities(loaded, items, batch_size, tta, progress, verbose)
+        total += weight * probs
+        count += weight
+    return total / count

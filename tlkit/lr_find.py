@@ -60,7 +60,7 @@ def find_lr(trainer, model, datamodule, plot: Path | None = None) -> float:
         The suggested learning rate.
     """
     if model.full_batch:
-        raise TlkitError("--lr-find does not apply to the lbfgs optimizer (it needs no LR)")
+        raise TlkitError("the LR finder does not apply to the lbfgs optimizer (it needs no LR)")
     epochs = trainer.fit_loop.max_epochs
     trainer.fit_loop.max_epochs = 10**6  # small datasets: the search may span many epochs
     try:
@@ -68,7 +68,7 @@ def find_lr(trainer, model, datamodule, plot: Path | None = None) -> float:
     finally:
         trainer.fit_loop.max_epochs = epochs
     if finder is None or len(finder.results.get("lr", [])) < 10:
-        raise TlkitError("the LR finder ran too few steps; pass --lr instead of --lr-find")
+        raise TlkitError("the LR finder ran too few steps; set `lr=VALUE` instead of finding it")
     lrs = list(finder.results["lr"])
     losses = _unbiased(finder.results["loss"], lrs)
     index = valley(losses)

@@ -1,17 +1,59 @@
-"""Optimizers by name, over per-group learning rates."""
+"""Optimizers by name (timm's factory), over per-layer-group learning rates."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
+from timm.optim import create_optimizer_v2
 
-from tlkit.errors import TlkitError, unknown_name
+from tlkit.errors import unknown_name
 
-__all__ = ["OPTIMIZERS", "build_optimizer"]
+__all__ = ["OPTIMIZERS", "build_optimizer", "layer_param_groups"]
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw", "lbfgs")
+
+#: tlkit name -> timm name and the settings that keep torch's defaults where timm has its own.
+_TIMM = {
+    "sgd": ("momentum", {"momentum": 0.0}),
+    "momentum": ("momentum", {}),
+    "nesterov": ("nesterov", {}),
+    "adagrad": ("adagrad", {"eps": 1e-10}),
+    "rmsprop": ("rmsprop", {"eps": 1e-3}),
+    "adam": ("adam", {}),
+    "adamw": ("adamw", {}),
+}
+
+#: One section of a model: its name, parameters, LR scale and weight decay.
+Section = tuple[str, Sequence[torch.nn.Parameter], float, float]
+
+
+def layer_param_groups(sections: Iterable[Section], lr: float) -> list[dict[str, Any]]:
+    """One optimizer group per section, split into matrices and vectors.
+
+    Each group keeps an explicit ``lr`` (``lr`` times the section's scale), which every torch
+    scheduler scales; vectors (biases, normalisation weights) get no weight decay.
+
+    Args:
+        sections: ``(name, parameters, lr scale, weight decay)``, e.g. one per layer group.
+        lr: The base learning rate.
+
+    Returns:
+        Groups named ``<section>`` and ``<section>/no_decay``; empty ones are left out.
+    """
+    # timm's param_groups_weight_decay splits one module, not named sections with their own LR.
+    groups: list[dict[str, Any]] = []
+    for name, tensors, scale, decay in sections:
+        for suffix, subset, wd in (
+            ("", [p for p in tensors if p.ndim > 1], decay),
+            ("/no_decay", [p for p in tensors if p.ndim <= 1], 0.0),
+        ):
+            if subset:
+                groups.append(
+                    {"params": subset, "name": name + suffix, "lr": lr * scale, "weight_decay": wd}
+                )
+    return groups
 
 
 def build_optimizer(
@@ -30,7 +72,7 @@ def build_optimizer(
             ``adamw``, or ``lbfgs`` (full-batch L-BFGS with a strong-Wolfe line search: all
             groups are merged into one, ``lr`` is 1).
         param_groups: Groups with ``params`` and their own ``lr`` (and any other per-group keys).
-        lr: Default learning rate for groups without one.
+        lr: Default learning rate for groups without one (positive).
         weight_decay: Weight decay (decoupled for ``adamw``; L2 in the gradient otherwise). Groups
             may override it.
         momentum: Momentum of ``momentum``, ``nesterov`` and ``rmsprop``.
@@ -42,21 +84,8 @@ def build_optimizer(
     """
     if name not in OPTIMIZERS:
         raise unknown_name("optimizer", name, OPTIMIZERS)
-    if not lr > 0:
-        raise TlkitError(f"learning rate must be positive, got {lr}; pass e.g. --lr 1e-3")
-    if weight_decay < 0:
-        raise TlkitError(f"weight decay must be >= 0, got {weight_decay}")
     groups = list(param_groups)
-    common = {"lr": lr, "weight_decay": weight_decay}
-    if name == "sgd":
-        return torch.optim.SGD(groups, **common)
-    if name in ("momentum", "nesterov"):
-        return torch.optim.SGD(groups, momentum=momentum, nesterov=name == "nesterov", **common)
-    if name == "adagrad":
-        return torch.optim.Adagrad(groups, **common)
-    if name == "rmsprop":
-        return torch.optim.RMSprop(groups, momentum=momentum, alpha=0.9, eps=1e-3, **common)
-    if name == "lbfgs":
+    if name == "lbfgs":  # timm's factory has no L-BFGS
         params = [p for group in groups for p in group["params"]]
         return torch.optim.LBFGS(
             params,
@@ -67,6 +96,6 @@ def build_optimizer(
             tolerance_change=1e-10,
             line_search_fn="strong_wolfe",
         )
-    if name == "adam":
-        return torch.optim.Adam(groups, betas=betas, **common)
-    return torch.optim.AdamW(groups, betas=betas, **common)
+    timm_name, fixed = _TIMM[name]
+    settings = {"momentum": momentum, "betas": betas, **fixed}
+    return create_optimizer_v2(groups, timm_name, lr=lr, weight_decay=weight_decay, **settings)

@@ -6,7 +6,45 @@ from pathlib import Path
 
 from tlkit.errors import TlkitError, unknown_name
 
-__all__ = ["list_recipes", "recipe_dir", "recipe_path", "recipe_summary"]
+__all__ = [
+    "CELL_RECIPES",
+    "STAGE_RECIPES",
+    "cell_recipe",
+    "is_large_cell",
+    "list_recipes",
+    "recipe_dir",
+    "recipe_path",
+    "recipe_summary",
+]
+
+#: The shipped recipe of each cell of the transfer-learning matrix, keyed by (size, similarity).
+CELL_RECIPES = {
+    ("small", "similar"): "small-similar",
+    ("small", "different"): "small-different",
+    ("large", "similar"): "large-similar",
+    ("large", "different"): "large-different",
+}
+#: Recipes whose strategy reads the probe stage advise measures (``strategy_args.stage``).
+STAGE_RECIPES = ("small-different",)
+
+
+def cell_recipe(size: str, similarity: str) -> str:
+    """The recipe of a matrix cell.
+
+    Args:
+        size: ``small`` or ``large``.
+        similarity: ``similar`` or ``different``.
+
+    Returns:
+        The recipe name, e.g. ``small-different``.
+    """
+    return CELL_RECIPES[(size, similarity)]
+
+
+def is_large_cell(recipe: str) -> bool:
+    """Whether ``recipe`` is a large cell's, or a variant named after one (``large-*``): those
+    fine-tune, with the exact probe as the baseline to beat."""
+    return recipe.startswith("large-")
 
 
 def recipe_dir() -> Path:

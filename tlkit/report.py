@@ -312,6 +312,56 @@ def _snapshots_png(metrics: dict[str, Any], path: Path) -> Path | None:
     return _save(fig, path)
 
 
+def _figures(
+    run_dir: Path,
+    metrics: dict[str, Any],
+    confusion: Sequence | None,
+    class_names: Sequence[str] | None,
+) -> list[tuple[str, Path | None]]:
+    """The report's figures, drawn into ``run_dir/plots`` (``None`` where there is nothing)."""
+    plots = run_dir / "plots"
+    rows = read_logs(run_dir / "logs")
+    figures: list[tuple[str, Path | None]] = [
+        ("Learning curves", _curves_png(rows, plots / "curves.png")),
+        ("Learning rate per param group", _lr_png(rows, plots / "lr.png", metrics.get("plan"))),
+    ]
+    if confusion is not None and class_names:
+        matrix = confusion_matrix_png(confusion, class_names, plots / "confusion_matrix.png")
+        figures.append(("Confusion matrix (test)", matrix))
+        per_class = per_class_accuracy(confusion, class_names)
+        figures.append(
+            ("Per-class test accuracy", _per_class_png(per_class, plots / "per_class.png"))
+        )
+    figures.append(("Snapshot ensemble", _snapshots_png(metrics, plots / "snapshots.png")))
+    return figures
+
+
+def _summary_lines(metrics: dict[str, Any], run_name: str) -> list[str]:
+    """The report's title, results table and one line on backbone, strategy and data."""
+    lines = [
+        f"# Run report: {metrics.get('recipe', run_name)}",
+        "",
+        "| metric | value |",
+        "|---|---|",
+    ]
+    for key in RESULT_KEYS:
+        if metrics.get(key) is not None:
+            value = metrics[key]
+            lines.append(
+                f"| {key} | {value:.4f} |" if isinstance(value, float) else f"| {key} | {value} |"
+            )
+    return [
+        *lines,
+        "",
+        f"Backbone `{metrics.get('backbone')}` ({metrics.get('weights')}), strategy "
+        f"`{(metrics.get('strategy') or {}).get('name')}`; data `{metrics.get('data')}`: "
+        f"{metrics.get('num_classes')} classes, {metrics.get('num_train')} train / "
+        f"{metrics.get('num_val')} val / {metrics.get('num_test')} test images at "
+        f"{metrics.get('image_size')} px.",
+        "",
+    ]
+
+
 def write_run_report(
     run_dir: str | Path,
     metrics: dict[str, Any],
@@ -334,45 +384,9 @@ def write_run_report(
     run_dir = Path(run_dir)
     plots = run_dir / "plots"
     plots.mkdir(parents=True, exist_ok=True)
-    rows = read_logs(run_dir / "logs")
-    figures: list[tuple[str, Path | None]] = [
-        ("Learning curves", _curves_png(rows, plots / "curves.png")),
-        ("Learning rate per param group", _lr_png(rows, plots / "lr.png", metrics.get("plan"))),
-    ]
-    if confusion is not None and class_names:
-        figures.append(
-            (
-                "Confusion matrix (test)",
-                confusion_matrix_png(confusion, class_names, plots / "confusion_matrix.png"),
-            )
-        )
-        per_class = per_class_accuracy(confusion, class_names)
-        figures.append(
-            ("Per-class test accuracy", _per_class_png(per_class, plots / "per_class.png"))
-        )
-    figures.append(("Snapshot ensemble", _snapshots_png(metrics, plots / "snapshots.png")))
+    figures = _figures(run_dir, metrics, confusion, class_names)
     figures += [(p.stem.replace("_", " ").capitalize(), p) for p in extra_images]
-    lines = [
-        f"# Run report: {metrics.get('recipe', run_dir.name)}",
-        "",
-        "| metric | value |",
-        "|---|---|",
-    ]
-    for key in RESULT_KEYS:
-        if metrics.get(key) is not None:
-            value = metrics[key]
-            lines.append(
-                f"| {key} | {value:.4f} |" if isinstance(value, float) else f"| {key} | {value} |"
-            )
-    lines += [
-        "",
-        f"Backbone `{metrics.get('backbone')}` ({metrics.get('weights')}), strategy "
-        f"`{(metrics.get('strategy') or {}).get('name')}`; data `{metrics.get('data')}`: "
-        f"{metrics.get('num_classes')} classes, {metrics.get('num_train')} train / "
-        f"{metrics.get('num_val')} val / {metrics.get('num_test')} test images at "
-        f"{metrics.get('image_size')} px.",
-        "",
-    ]
+    lines = _summary_lines(metrics, run_dir.name)
     for title, path in figures:
         if path is not None:
             lines += [f"## {title}", "", f"![{title}]({path.relative_to(run_dir)})", ""]

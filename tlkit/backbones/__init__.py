@@ -124,7 +124,7 @@ def create_backbone(
     if not _has_hub_weights(name):
         raise TlkitError(
             f"timm has no pretrained weights for '{name}': "
-            "pass --weights FILE or --pretrained false"
+            "pass `weights=FILE` or `pretrained=False`"
         )
     try:
         return _build(name, True, num_classes, timm_kwargs)
@@ -133,9 +133,9 @@ def create_backbone(
     except Exception as err:
         _build(name, False, num_classes, timm_kwargs)
         raise TlkitError(
-            f"could not download pretrained weights for '{name}' (offline?): pass --weights FILE "
+            f"could not download pretrained weights for '{name}' (offline?): pass `weights=FILE` "
             "(a .pth/.safetensors/.ckpt), use a bundled backbone (tf_efficientnet_lite0/1/2, "
-            "installed with tlkit), or --pretrained false"
+            "installed with tlkit), or `pretrained=False`"
         ) from err
 
 

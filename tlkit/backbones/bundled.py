@@ -150,6 +150,24 @@ def is_lukemelas(state_dict: Mapping[str, object]) -> bool:
     return any(k == _STEM or k.endswith("." + _STEM) for k in state_dict)
 
 
+def _timm_key(key: str, positions: list[tuple[int, int]], expanding: set[str]) -> str | None:
+    """The timm name of lukemelas key ``key`` (``None`` if it has none).
+
+    ``positions`` maps a flat block index to ``(stage, block)``; ``expanding`` holds the flat
+    indices (as text) of the blocks with an ``_expand_conv`` (inverted residuals).
+    """
+    parts = key.split(".")
+    if parts[0] == "_blocks" and len(parts) > 3 and parts[1].isdigit():
+        index = int(parts[1])
+        table = _INVERTED_RESIDUAL if parts[1] in expanding else _DEPTHWISE_SEPARABLE
+        if index < len(positions) and parts[2] in table:
+            stage, block = positions[index]
+            return ".".join([f"blocks.{stage}.{block}", table[parts[2]], *parts[3:]])
+    elif parts[0] in _TOP_LEVEL and len(parts) > 1:
+        return ".".join([_TOP_LEVEL[parts[0]], *parts[1:]])
+    return None
+
+
 def lukemelas_to_timm(
     state_dict: Mapping[str, torch.Tensor], model: nn.Module
 ) -> dict[str, torch.Tensor]:
@@ -176,26 +194,15 @@ def lukemelas_to_timm(
     stem = next(k for k in state_dict if k == _STEM or k.endswith("." + _STEM))
     prefix = stem[: -len(_STEM)]
     keys = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
-
     stages = getattr(model, "blocks", None)
     positions = [(s, b) for s, stage in enumerate(stages or ()) for b in range(len(stage))]
     expanding = {
         k.split(".")[1] for k in keys if k.startswith("_blocks.") and "._expand_conv." in k
     }
-
     mapped: dict[str, torch.Tensor] = {}
     unmapped: list[str] = []
     for key, value in keys.items():
-        parts = key.split(".")
-        new = None
-        if parts[0] == "_blocks" and len(parts) > 3 and parts[1].isdigit():
-            index = int(parts[1])
-            table = _INVERTED_RESIDUAL if parts[1] in expanding else _DEPTHWISE_SEPARABLE
-            if index < len(positions) and parts[2] in table:
-                s, b = positions[index]
-                new = ".".join([f"blocks.{s}.{b}", table[parts[2]], *parts[3:]])
-        elif parts[0] in _TOP_LEVEL and len(parts) > 1:
-            new = ".".join([_TOP_LEVEL[parts[0]], *parts[1:]])
+        new = _timm_key(key, positions, expanding)
         if new is None:
             unmapped.append(key)
         else:

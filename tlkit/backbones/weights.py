@@ -63,7 +63,7 @@ def _torch_load(path: Path, trust: bool) -> object:
             culprit = found.group(1)
             raise TlkitError(
                 f"weights file {path} holds Python objects ({culprit}) whose loading can run "
-                "arbitrary code; if you trust the file, pass trust_weights=True (--trust-weights)"
+                "arbitrary code; if you trust the file, pass `trust_weights=True`"
             ) from None
     return torch.load(path, map_location="cpu", weights_only=False)
 
@@ -102,7 +102,7 @@ def read_state_dict(path: str | os.PathLike, trust: bool = False) -> dict[str, t
     """
     path = Path(path)
     if not path.is_file():
-        raise TlkitError(f"weights file {path} does not exist; check --weights")
+        raise TlkitError(f"weights file {path} does not exist; check `weights=FILE`")
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -207,7 +207,8 @@ def fit_state_dict(
 
     def misfit(detail: str) -> TlkitError:
         return TlkitError(
-            f"weights file {source} does not fit backbone {backbone}: {detail}; check --backbone"
+            f"weights file {source} does not fit backbone {backbone}: {detail}; "
+            "check `backbone=NAME`"
         )
 
     target = model.state_dict()

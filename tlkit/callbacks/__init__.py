@@ -8,18 +8,14 @@
 - :class:`DropConnect`: DropConnect on the head's linear layers.
 """
 
-from tlkit.callbacks.augment import (
-    AugmentationPreview,
-    AugmentationSchedule,
-    complete_pipeline,
-    load_pipeline,
-    save_pipeline,
-)
+from tlkit.callbacks.augment_preview import AugmentationPreview
+from tlkit.callbacks.augment_schedule import AugmentationSchedule
 from tlkit.callbacks.lr_decay import LR_DECAY_SCHEDULES, LRDecay
 from tlkit.callbacks.mixup import MixUp, mix_batch, soft_target_cross_entropy
 from tlkit.callbacks.regularize import DropConnect, DropConnectLinear
 from tlkit.callbacks.snapshot import SnapshotEnsemble
 from tlkit.callbacks.tta import FlipTTA, flip_averaged_logits
+from tlkit.transforms import complete_pipeline, load_pipeline, save_pipeline
 
 __all__ = [
     "LR_DECAY_SCHEDULES",

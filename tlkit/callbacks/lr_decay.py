@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor
 from lightning.pytorch.utilities import rank_zero_info
 
-from tlkit.callbacks._common import require_fit_end, total_steps
 from tlkit.errors import TlkitError, unknown_name
+from tlkit.scheduler import (
+    base_lrs,
+    fit_steps,
+    install_schedule,
+    refresh_schedule,
+    require_fit_end,
+)
 from tlkit.schedules import Schedule, make_schedule
 
 __all__ = ["LR_DECAY_SCHEDULES", "LRDecay"]
@@ -22,10 +27,11 @@ class LRDecay(Callback):
     """Scale every param group's base LR by a schedule; log every group's LR.
 
     Base LRs are each group's ``initial_lr`` (set by torch schedulers) or its LR when training
-    starts; they are stored in the checkpoint, so a resumed fit continues the same curve. The
-    callback writes the LRs before every optimizer step and after every scheduler step, so it
-    overrides whatever scheduler the module configured (use a constant one, or none). The
-    multipliers are the pure functions of :mod:`tlkit.schedules`.
+    starts; they are stored in the checkpoint, so a resumed fit continues the same curve. When
+    training starts the callback replaces the module's LR scheduler with a ``LambdaLR`` over its
+    schedule (as Lightning's ``StochasticWeightAveraging`` swaps schedulers), so the torch
+    scheduler stays the LR's one owner. The multipliers are the pure functions of
+    :mod:`tlkit.schedules`.
 
     Schedules (``steps`` are optimizer steps, ``total`` the fit's, from
     ``trainer.estimated_stepping_batches``):
@@ -55,7 +61,8 @@ class LRDecay(Callback):
         factor: Multiplier applied at each ``plateau`` cut.
         threshold: Least change of ``monitor`` that counts as an improvement.
         min_factor: Lowest multiplier ``plateau`` cuts down to.
-        log: Log ``lr/<group name or index>`` for every group at every step.
+        log: Log ``lr/<group name or index>`` for every group at every step (left to a
+            ``LearningRateMonitor`` when the trainer has one).
     """
 
     def __init__(
@@ -96,11 +103,9 @@ class LRDecay(Callback):
             raise TlkitError(f"LRDecay: threshold must be >= 0, got {threshold}")
         if not 0 <= min_factor <= 1:
             raise TlkitError(f"LRDecay: min_factor must be in [0, 1], got {min_factor}")
-        if schedule == "warmup" and warmup_epochs == 0:
-            warmup_epochs = 1.0
         self.schedule = schedule
         self.interval = interval
-        self.warmup_epochs = float(warmup_epochs)
+        self.warmup_epochs = float(warmup_epochs or (1.0 if schedule == "warmup" else 0.0))
         self.gamma = gamma
         self.step_epochs = int(step_epochs)
         self.final = float(final)
@@ -118,6 +123,7 @@ class LRDecay(Callback):
         self._plateau_factor = 1.0
         self._best: float | None = None
         self._bad = 0
+        self._logging = log
 
     # --- the curve -------------------------------------------------------------------------
     def factor_at(self, step: int, epoch: int) -> float:
@@ -150,27 +156,20 @@ class LRDecay(Callback):
             )
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        estimate = total_steps(trainer, "LRDecay")
-        batches = trainer.num_training_batches
-        accumulate = max(int(trainer.accumulate_grad_batches), 1)
         if self._total is None:
-            self._total = estimate
-            per_epoch = math.ceil(batches / accumulate) if math.isfinite(batches) else 0
-            self._steps_per_epoch = max(int(per_epoch), 1)
+            steps = fit_steps(trainer, "LRDecay")
+            self._total, self._steps_per_epoch = steps.total, steps.per_epoch
         self._curve = self._build_curve()
-        groups = [opt.param_groups for opt in trainer.optimizers]
-        if self._base_lrs is None:
-            self._base_lrs = [[float(g.get("initial_lr", g["lr"])) for g in gs] for gs in groups]
-        elif [len(gs) for gs in groups] != [len(b) for b in self._base_lrs]:
-            raise TlkitError(
-                "LRDecay: the optimizers' param groups differ from the checkpoint's; "
-                "resume with the same model and optimizer settings"
-            )
+        self._base_lrs = base_lrs(trainer, self._base_lrs, "LRDecay")
         if trainer.lr_scheduler_configs:
-            rank_zero_info(
-                "LRDecay sets every learning rate itself; the module's LR scheduler has no effect"
-            )
-        self._apply(trainer)
+            rank_zero_info("LRDecay replaces the module's LR scheduler with its schedule")
+        install_schedule(trainer, self._multiplier, self._base_lrs)
+        monitors = (cb for cb in trainer.callbacks if isinstance(cb, LearningRateMonitor))
+        self._logging = self.log and next(monitors, None) is None
+
+    def _multiplier(self, step: int) -> float:
+        spe = self._steps_per_epoch or 1
+        return self.factor_at(step, step // spe)
 
     def _names(self, trainer: L.Trainer) -> list[list[str]]:
         many = len(trainer.optimizers) > 1
@@ -188,35 +187,17 @@ class LRDecay(Callback):
             names.append(row)
         return names
 
-    def _apply(self, trainer: L.Trainer) -> dict[str, float]:
-        if self._base_lrs is None:
-            return {}
-        factor = self.factor_at(trainer.global_step, trainer.current_epoch)
-        values = {}
-        for optimizer, bases, names in zip(
-            trainer.optimizers, self._base_lrs, self._names(trainer), strict=True
-        ):
-            for group, base, name in zip(optimizer.param_groups, bases, names, strict=True):
-                group["lr"] = base * factor
-                values[name] = group["lr"]
-        return values
-
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        values = self._apply(trainer)
-        if self.log and values:
-            pl_module.log_dict(values, on_step=True, on_epoch=False)
-
-    def on_train_batch_end(
-        self,
-        trainer: L.Trainer,
-        pl_module: L.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-    ) -> None:
-        self._apply(trainer)
+        if not self._logging:
+            return
+        values = {
+            name: float(group["lr"])
+            for optimizer, names in zip(trainer.optimizers, self._names(trainer), strict=True)
+            for group, name in zip(optimizer.param_groups, names, strict=True)
+        }
+        pl_module.log_dict(values, on_step=True, on_epoch=False)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.schedule != "plateau" or trainer.sanity_checking or trainer.state.fn != "fit":
@@ -228,7 +209,8 @@ class LRDecay(Callback):
                 f"LRDecay: monitored metric {self.monitor!r} was not logged "
                 f"(logged: {shown}); pass monitor=<one of them>"
             )
-        self.observe(float(metrics[self.monitor]))
+        if self.observe(float(metrics[self.monitor])):
+            refresh_schedule(trainer)
 
     def observe(self, value: float) -> bool:
         """Feed one value of the monitored metric to ``plateau``; True when it cuts the LR."""

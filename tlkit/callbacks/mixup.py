@@ -1,76 +1,74 @@
 """MixUp and CutMix: mix pairs of training samples and their labels, batch by batch.
 
 MixUp (Zhang et al. 2018) blends two images, CutMix (Yun et al. 2019) pastes a box of one into
-the other; the targets become the matching mixture of the two one-hot labels. Use the pure
+the other; the targets become the matching mixture of the two one-hot labels. Both come from
+timm (:class:`timm.data.Mixup`, which pairs each sample with the batch reversed). Use the
 function :func:`mix_batch` in a ``training_step``, or the :class:`MixUp` callback, which mixes
 the batch in place before the step. Either way the loss must accept class-probability targets:
 ``F.cross_entropy`` does (``TransferModule``'s loss, label smoothing included), as does
-:func:`soft_target_cross_entropy`.
+:func:`soft_target_cross_entropy` (timm's :class:`~timm.loss.SoftTargetCrossEntropy`).
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
+from timm.data import Mixup
+from timm.loss import SoftTargetCrossEntropy
 
 from tlkit.errors import TlkitError
 
-__all__ = ["MixUp", "cutmix", "mix_batch", "mixup", "one_hot", "soft_target_cross_entropy"]
+__all__ = ["MixUp", "mix_batch", "soft_target_cross_entropy"]
+
+_SOFT_TARGET_CROSS_ENTROPY = SoftTargetCrossEntropy()
 
 
-def one_hot(targets: torch.Tensor, num_classes: int, smoothing: float = 0.0) -> torch.Tensor:
-    """Class-probability targets from labels ``(N,)`` (soft targets ``(N, C)`` pass through).
-
-    ``smoothing`` spreads that much probability mass evenly over all classes.
-    """
-    soft = targets.float() if targets.ndim == 2 else F.one_hot(targets.long(), num_classes)
-    soft = soft.float()
-    if smoothing > 0:
-        soft = soft * (1.0 - smoothing) + smoothing / num_classes
-    return soft
-
-
-def _beta(alpha: float) -> float:
-    dist = torch.distributions.Beta(torch.tensor(float(alpha)), torch.tensor(float(alpha)))
-    return float(dist.sample())
-
-
-def mixup(
-    inputs: torch.Tensor, targets: torch.Tensor, lam: float, perm: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``lam * a + (1 - lam) * b`` for inputs and soft targets, ``b`` the batch permuted."""
-    mixed = inputs.mul(lam).add_(inputs[perm], alpha=1.0 - lam)
-    return mixed, targets * lam + targets[perm] * (1.0 - lam)
+def _mixer(
+    num_classes: int,
+    mixup_alpha: float,
+    cutmix_alpha: float,
+    prob: float,
+    switch_prob: float,
+    label_smoothing: float,
+) -> Mixup:
+    return Mixup(
+        mixup_alpha=mixup_alpha,
+        cutmix_alpha=cutmix_alpha,
+        prob=prob,
+        switch_prob=switch_prob,
+        label_smoothing=label_smoothing,
+        num_classes=num_classes,
+    )
 
 
-def cutmix(
-    inputs: torch.Tensor, targets: torch.Tensor, lam: float, perm: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Paste a random box covering about ``1 - lam`` of each image from the permuted batch.
-
-    The target weights follow the box's actual area after clipping at the image border.
-    """
-    if inputs.ndim != 4:
+def _apply(mixer: Mixup, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[Any, Any]:
+    """``mixer`` on a copy of the batch; the draws come from torch's global RNG."""
+    if mixer.cutmix_alpha > 0 and inputs.ndim != 4:
         raise TlkitError(
             f"CutMix needs images (N, C, H, W), got shape {tuple(inputs.shape)}; with cached "
             "features use MixUp only (cutmix_alpha=0)"
         )
-    height, width = inputs.shape[-2:]
-    cut = math.sqrt(1.0 - lam)
-    box_h, box_w = round(height * cut), round(width * cut)
-    cy = int(torch.randint(height, (1,)))
-    cx = int(torch.randint(width, (1,)))
-    y0, y1 = max(cy - box_h // 2, 0), min(cy + box_h - box_h // 2, height)
-    x0, x1 = max(cx - box_w // 2, 0), min(cx + box_w - box_w // 2, width)
-    mixed = inputs.clone()
-    mixed[..., y0:y1, x0:x1] = inputs[perm][..., y0:y1, x0:x1]
-    kept = 1.0 - (y1 - y0) * (x1 - x0) / (height * width)
-    return mixed, targets * kept + targets[perm] * (1.0 - kept)
+    if targets.ndim != 1:
+        raise TlkitError(
+            f"MixUp needs class labels (N,), got targets of shape {tuple(targets.shape)}"
+        )
+    size = inputs.shape[0]
+    # timm's Mixup refuses odd batches: a copy of the last sample becomes the first's partner.
+    if size % 2:
+        inputs, targets = torch.cat([inputs, inputs[-1:]]), torch.cat([targets, targets[-1:]])
+    # timm draws from NumPy's global RNG; seeding it from torch's keeps the mixes repeatable
+    # under the per-epoch torch seeding of a resumable run.
+    state = np.random.get_state()
+    np.random.seed(int(torch.randint(2**31 - 1, ())))
+    try:
+        mixed, soft = mixer(inputs.clone(), targets)
+    finally:
+        np.random.set_state(state)
+    return mixed[:size], soft[:size]
 
 
 def mix_batch(
@@ -85,32 +83,27 @@ def mix_batch(
     """Mix a batch with MixUp or CutMix; returns the inputs and class-probability targets.
 
     With both alphas positive, CutMix is picked with probability ``switch_prob``. The mixing
-    weight is drawn from ``Beta(alpha, alpha)`` and the partner of each sample is a random
-    permutation of the batch (torch's global RNG, so ``seed_everything`` makes it repeatable).
+    weight is drawn from ``Beta(alpha, alpha)`` and each sample is mixed with its mirror in the
+    batch (timm's ``batch`` mode); the draws follow torch's global RNG, so ``seed_everything``
+    makes them repeatable. ``inputs`` is left unchanged.
 
     Args:
         inputs: Images ``(N, C, H, W)`` (or features ``(N, D)`` for MixUp).
-        targets: Labels ``(N,)`` or class probabilities ``(N, C)``.
+        targets: Labels ``(N,)``.
         num_classes: Number of classes.
         mixup_alpha: MixUp's Beta parameter (0: off).
-        cutmix_alpha: CutMix's Beta parameter (0: off).
+        cutmix_alpha: CutMix's Beta parameter (0: off; both off: one-hot targets only).
         switch_prob: Probability of CutMix when both are on.
         label_smoothing: Smoothing of the targets before mixing.
     """
-    soft = one_hot(targets, num_classes, label_smoothing)
-    if mixup_alpha <= 0 and cutmix_alpha <= 0:
-        return inputs, soft
-    use_cutmix = cutmix_alpha > 0 and (mixup_alpha <= 0 or float(torch.rand(())) < switch_prob)
-    lam = _beta(cutmix_alpha if use_cutmix else mixup_alpha)
-    perm = torch.randperm(inputs.shape[0]).to(inputs.device)
-    if use_cutmix:
-        return cutmix(inputs, soft, lam, perm)
-    return mixup(inputs, soft, lam, perm)
+    prob = 1.0 if mixup_alpha > 0 or cutmix_alpha > 0 else 0.0
+    mixer = _mixer(num_classes, mixup_alpha, cutmix_alpha, prob, switch_prob, label_smoothing)
+    return _apply(mixer, inputs, targets)
 
 
 def soft_target_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy against class-probability targets ``(N, C)``."""
-    return -(targets * logits.log_softmax(dim=-1)).sum(dim=-1).mean()
+    return _SOFT_TARGET_CROSS_ENTROPY(logits, targets)
 
 
 class MixUp(Callback):
@@ -120,7 +113,7 @@ class MixUp(Callback):
     ``(N, C)``: its loss must accept them (``F.cross_entropy`` does) and it must not compute
     label-based training metrics from them. Batches must be lists (PyTorch's default collate
     makes lists). If the module already smooths labels, leave ``label_smoothing`` at 0 here.
-    Batches left unmixed (``prob`` < 1) keep their labels unless ``label_smoothing`` is set.
+    Batches left unmixed (``prob`` < 1) get one-hot (smoothed) targets as well.
 
     Args:
         mixup_alpha: MixUp's Beta parameter (0: off).
@@ -128,8 +121,8 @@ class MixUp(Callback):
         prob: Probability that a batch is mixed at all.
         switch_prob: Probability of CutMix rather than MixUp when both are on.
         label_smoothing: Smoothing of the targets.
-        num_classes: Number of classes; default the datamodule's or the module's
-            ``hparams.num_classes``.
+        num_classes: Number of classes; default the LightningModule's ``hparams["num_classes"]``
+            (:class:`tlkit.TransferModule` saves it).
         stop_epoch: Stop mixing from this epoch on (fine-tune on clean data at the end);
             negative counts from ``trainer.max_epochs``.
     """
@@ -163,19 +156,28 @@ class MixUp(Callback):
         self.label_smoothing = float(label_smoothing)
         self.num_classes = num_classes
         self.stop_epoch = stop_epoch
-        self._classes: int | None = num_classes
+        self._mixer: Mixup | None = None
         self._stop: int | None = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        if self._classes is None:
-            found = getattr(trainer.datamodule, "num_classes", None)
-            if found is None and isinstance(getattr(pl_module, "hparams", None), dict):
-                found = pl_module.hparams.get("num_classes")
-            if found is None:
-                raise TlkitError("MixUp: cannot tell the number of classes; pass num_classes=N")
-            self._classes = int(found)
+        classes = self.num_classes
+        if classes is None:
+            classes = pl_module.hparams.get("num_classes")
+            if classes is None:
+                raise TlkitError(
+                    "MixUp: cannot tell the number of classes (the module has no "
+                    "hparams['num_classes']); pass num_classes=N"
+                )
+        self._mixer = _mixer(
+            int(classes),
+            self.mixup_alpha,
+            self.cutmix_alpha,
+            self.prob,
+            self.switch_prob,
+            self.label_smoothing,
+        )
         self._stop = self.stop_epoch
         if self.stop_epoch is not None and self.stop_epoch < 0:
             if trainer.max_epochs is None or trainer.max_epochs < 0:
@@ -198,18 +200,6 @@ class MixUp(Callback):
                 f"collate), got {type(batch).__name__}; call tlkit.callbacks.mix_batch in "
                 "training_step instead"
             )
-        if not self.active(trainer.current_epoch):
+        if self._mixer is None or not self.active(trainer.current_epoch):
             return
-        inputs, targets = batch
-        if float(torch.rand(())) < self.prob:
-            batch[0], batch[1] = mix_batch(
-                inputs,
-                targets,
-                self._classes or 0,
-                self.mixup_alpha,
-                self.cutmix_alpha,
-                self.switch_prob,
-                self.label_smoothing,
-            )
-        elif self.label_smoothing > 0:
-            batch[1] = one_hot(targets, self._classes or 0, self.label_smoothing)
+        batch[0], batch[1] = _apply(self._mixer, batch[0], batch[1])

@@ -19,27 +19,14 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from safetensors.torch import save_file
 from torch import nn
 
-from tlkit.callbacks._common import require_fit_end, total_steps
+from tlkit.batchnorm import changing_tensors
 from tlkit.callbacks.lr_decay import LRDecay
 from tlkit.errors import TlkitError
+from tlkit.scheduler import base_lrs, fit_steps, install_schedule, require_fit_end
 from tlkit.schedules import cycle_bounds, cyclic_cosine
 from tlkit.utils import atomic_path
 
 __all__ = ["SnapshotEnsemble", "changing_tensors"]
-
-
-def changing_tensors(module: nn.Module) -> set[str]:
-    """Names of the tensors a training step can change right now.
-
-    Parameters with ``requires_grad`` plus the running statistics of BatchNorm layers in train
-    mode. Frozen parameters and the statistics of BatchNorm layers in eval mode stay as they are.
-    """
-    names = {name for name, param in module.named_parameters() if param.requires_grad}
-    for prefix, sub in module.named_modules():
-        if isinstance(sub, nn.modules.batchnorm._BatchNorm) and sub.training:
-            for name, _ in sub.named_buffers(recurse=False):
-                names.add(f"{prefix}.{name}" if prefix else name)
-    return names
 
 
 def _tensors(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -57,10 +44,10 @@ class SnapshotEnsemble(Callback):
     split into ``cycles`` equal cycles; within each, every param group's LR follows half a cosine
     from the group's base LR down to ``min_lr_ratio`` times it, then restarts
     (:func:`tlkit.schedules.cyclic_cosine`). Base LRs are each group's ``initial_lr`` (set by any
-    torch scheduler) or its LR when training starts, so layer-wise LR ratios survive. The callback
-    takes over from the module's scheduler: it writes every group's LR before each optimizer step
-    and after each scheduler step, so whatever scheduler the module configured has no effect
-    (configure a constant one, or none, to avoid confusion; LRDecay cannot be combined with it).
+    torch scheduler) or its LR when training starts, so layer-wise LR ratios survive. When
+    training starts the callback replaces the module's LR scheduler with a ``LambdaLR`` over the
+    cycles (as Lightning's ``StochasticWeightAveraging`` swaps schedulers), so the torch scheduler
+    stays the LR's one owner; LRDecay cannot be combined with it.
 
     **Snapshots.** At the end of each cycle the callback keeps a CPU copy of the tensors that
     changed since the fit started: trainable parameters and the running statistics of BatchNorm
@@ -163,7 +150,7 @@ class SnapshotEnsemble(Callback):
         require_fit_end(trainer, "SnapshotEnsemble", "its cycles have no length")
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        estimate = total_steps(trainer, "SnapshotEnsemble")
+        estimate = fit_steps(trainer, "SnapshotEnsemble").total
         if self._total is None:
             self._total = estimate
         elif self._total != estimate:
@@ -176,33 +163,14 @@ class SnapshotEnsemble(Callback):
                 f"SnapshotEnsemble: {self.cycles} cycles need at least {self.cycles} optimizer "
                 f"steps, the fit has {self._total}; lower cycles or train longer"
             )
-        groups = [opt.param_groups for opt in trainer.optimizers]
-        if self._base_lrs is None:
-            self._base_lrs = [[float(g.get("initial_lr", g["lr"])) for g in gs] for gs in groups]
-        elif [len(gs) for gs in groups] != [len(b) for b in self._base_lrs]:
-            raise TlkitError(
-                "SnapshotEnsemble: the optimizers' param groups differ from the checkpoint's; "
-                "resume with the same model and optimizer settings"
-            )
+        self._base_lrs = base_lrs(trainer, self._base_lrs, "SnapshotEnsemble")
         if trainer.lr_scheduler_configs:
-            rank_zero_info(
-                "SnapshotEnsemble sets every learning rate itself; the module's LR scheduler "
-                "has no effect"
-            )
-        self._set_lrs(trainer)
-
-    def _set_lrs(self, trainer: L.Trainer) -> None:
-        if self._base_lrs is None:
-            return
-        factor = self.lr_factor(trainer.global_step)
-        for optimizer, bases in zip(trainer.optimizers, self._base_lrs, strict=True):
-            for group, base in zip(optimizer.param_groups, bases, strict=True):
-                group["lr"] = base * factor
+            rank_zero_info("SnapshotEnsemble replaces the module's LR scheduler with its cycles")
+        install_schedule(trainer, self.lr_factor, self._base_lrs)
 
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        self._set_lrs(trainer)
         changing = changing_tensors(pl_module)
         new = changing - self._tracked
         if new:
@@ -222,7 +190,6 @@ class SnapshotEnsemble(Callback):
         bounds = cycle_bounds(self._total or 0, self.cycles)
         while self._taken < self.cycles and trainer.global_step >= bounds[self._taken + 1]:
             self._take_snapshot(trainer, pl_module)
-        self._set_lrs(trainer)
 
     def _take_snapshot(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._taken += 1

@@ -30,7 +30,7 @@ def flip_averaged_logits(
     if images.ndim != 4:
         raise TlkitError(
             f"flip test-time augmentation needs images (N, C, H, W), got shape "
-            f"{tuple(images.shape)}; with cached features pass --data.cache_features false"
+            f"{tuple(images.shape)}; with cached features pass `cache_features=False`"
         )
     views = [images, images.flip(-1)]
     if vertical:
@@ -44,7 +44,9 @@ class FlipTTA(Callback):
 
     Replaces the module's ``forward`` during the chosen stages with
     :func:`flip_averaged_logits`, so steps that call ``self(x)`` see flip-averaged outputs
-    (log-probabilities) and every metric of those stages is the TTA one.
+    (log-probabilities) and every metric of those stages is the TTA one. During prediction the
+    replacement sits inside any made by callbacks at ``on_predict_start`` (such as
+    :class:`~tlkit.callbacks.SnapshotEnsemble`): each snapshot's outputs are flip-averaged.
 
     Args:
         stages: Any of ``validate`` (also during fit), ``test``, ``predict``.
@@ -100,8 +102,10 @@ class FlipTTA(Callback):
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._unwrap()
 
-    def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    # Epoch hooks nest inside the ``on_predict_start``/``on_predict_end`` of callbacks that wrap
+    # ``forward`` too (SnapshotEnsemble): wrappers are undone in the reverse order of wrapping.
+    def on_predict_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._wrap(pl_module, "predict")
 
-    def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_predict_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._unwrap()

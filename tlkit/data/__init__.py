@@ -3,7 +3,7 @@
 from tlkit.data.datamodule import TransferDataModule
 from tlkit.data.images import load_image
 from tlkit.data.sources import DataSource, Split, load_source, sample_shots, split_stratified
-from tlkit.data.transforms import AUGMENT_PRESETS, data_config_for, eval_transform, train_transform
+from tlkit.transforms import AUGMENT_PRESETS, data_config_for, eval_transform, train_transform
 
 __all__ = [
     "AUGMENT_PRESETS",

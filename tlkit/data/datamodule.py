@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import os
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 
 from tlkit.data.datasets import (
@@ -18,23 +17,31 @@ from tlkit.data.datasets import (
     EpochSampler,
     ImageDataset,
 )
+from tlkit.data.decodable import (
+    drop_undecodable,
+    refuse_unusable,
+    skip_undecodable,
+    split_fix,
+    undecodable,
+)
 from tlkit.data.features import (
+    Collective,
     FeatureExtractor,
     ViewFeatures,
     cached_features,
     default_cache_dir,
 )
-from tlkit.data.images import probe_image
 from tlkit.data.sources import DataSource, Split, load_source, sample_shots, split_stratified
-from tlkit.data.transforms import (
+from tlkit.errors import TlkitError, check_number, check_type, unknown_name
+from tlkit.transforms import (
     AUGMENT_PRESETS,
     PipelineSpec,
+    ScheduledPipeline,
     build_pipeline,
     data_config_for,
     eval_transform,
     train_transform,
 )
-from tlkit.errors import TlkitError, check_number, check_type, unknown_name
 
 __all__ = ["TransferDataModule"]
 
@@ -94,7 +101,7 @@ class TransferDataModule(L.LightningDataModule):
         if num_workers is not None:
             check_number("num_workers", num_workers, integer=True, minimum=0)
         if shots is not None:
-            check_number("--shots", shots, integer=True)
+            check_number("shots", shots, integer=True)
         check_number("val_fraction", val_fraction)
         check_number("test_fraction", test_fraction)
         check_number("seed", seed, integer=True, minimum=0, below=2**32)
@@ -110,13 +117,16 @@ class TransferDataModule(L.LightningDataModule):
         if feature_views < 1:
             raise TlkitError(f"feature_views must be >= 1, got {feature_views}")
         if shots is not None and shots <= 0:
-            raise TlkitError(f"--shots must be positive, got {shots}")
+            raise TlkitError(f"shots must be positive, got {shots}; pass e.g. `shots=5`")
         for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
             if not 0.0 < value < 1.0:
                 raise TlkitError(f"{name} must be between 0 and 1, got {value}")
         self.save_hyperparameters()
         self.spec = PipelineSpec(data_config_for(backbone), image_size)
         self.extractor: FeatureExtractor | None = None
+        self.feature_device = torch.device("cpu")
+        self.full_batch = False
+        self.collective: Collective | None = None
         self.datasets: dict[str, Dataset] = {}
         self._decodable: dict[str, Split] | None = None
         self._given_splits: set[str] = set()
@@ -164,9 +174,13 @@ class TransferDataModule(L.LightningDataModule):
         if self._decodable is None:
             src = self.source
             splits = {"train": src.train, "val": src.val, "test": src.test}
-            bad = {name: _undecodable(split) for name, split in splits.items()}
-            self._refuse_unusable(splits, bad)
-            self._decodable = {k: self._skip(k, v, bad[k]) for k, v in splits.items()}
+            bad = {name: undecodable(split) for name, split in splits.items()}
+            refuse_unusable(
+                splits, bad, src.classes, src.name,
+                partial(split_fix, data=self.hparams.data, given=self._given_splits),
+            )  # fmt: skip
+            strict = self.hparams.strict
+            self._decodable = {k: skip_undecodable(k, v, bad[k], strict) for k, v in splits.items()}
         return self._decodable
 
     def describe(self) -> dict[str, Any]:
@@ -186,11 +200,7 @@ class TransferDataModule(L.LightningDataModule):
         src = self.source
         splits = self.check_images()
         keep = len(src.train) + len(src.val) + len(src.test) <= _KEEP_DECODED_LIMIT
-        model = self.trainer.lightning_module if self.trainer is not None else None
-        hp = self.hparams
-        want_cache = hp.cache_features and (hp.augment == "none" or hp.feature_views > 1)
-        get_extractor = getattr(model, "frozen_feature_extractor", None)
-        self.extractor = get_extractor() if (want_cache and callable(get_extractor)) else None
+        self.use_features(None)
         for name, split in splits.items():
             if name in self.datasets:
                 continue
@@ -201,6 +211,57 @@ class TransferDataModule(L.LightningDataModule):
             self.datasets[name] = ImageDataset(
                 split, build_pipeline(transform), keep_decoded=keep, seed=self.hparams.seed
             )
+
+    def set_train_schedule(self, schedule: ScheduledPipeline | None) -> None:
+        """Train each epoch on the pipeline ``schedule`` gives it (``None``: the preset).
+
+        The training images carry their epoch, so DataLoader workers and resumed runs pick the
+        epoch's pipeline (:class:`tlkit.callbacks.AugmentationSchedule` calls this at setup).
+
+        Raises:
+            TlkitError: If called before :meth:`setup` built the training dataset.
+        """
+        dataset = self.datasets.get("train")
+        if not isinstance(dataset, ImageDataset):
+            raise TlkitError("set_train_schedule needs the datasets: call setup('fit') first")
+        dataset.set_schedule(schedule)
+
+    @property
+    def caches_features(self) -> bool:
+        """True when these settings let a frozen backbone's features be cached."""
+        hp = self.hparams
+        return hp.cache_features and (hp.augment == "none" or hp.feature_views > 1)
+
+    def use_features(
+        self,
+        extractor: FeatureExtractor | None,
+        device: torch.device | str = "cpu",
+        full_batch: bool = False,
+        collective: Collective | None = None,
+    ) -> None:
+        """Serve cached features of ``extractor`` instead of images, where the settings allow.
+
+        :meth:`setup` forgets it: the run's builder offers it after setup (``CachedFeatures``).
+
+        Args:
+            extractor: A frozen ``images -> features`` map, or ``None`` for images.
+            device: Where the extractor runs.
+            full_batch: Serve the whole training set as one batch (full-batch L-BFGS).
+            collective: The run's processes (``trainer.strategy``): under DDP each extracts a
+                shard of every split and the shards are gathered.
+
+        Raises:
+            TlkitError: If ``full_batch`` is asked for without cached features.
+        """
+        self.extractor = extractor if self.caches_features else None
+        self.feature_device = torch.device(device)
+        if full_batch and self.extractor is None:
+            raise TlkitError(
+                "full-batch L-BFGS needs cached features: set `augment=none` and "
+                "`cache_features=True`"
+            )
+        self.full_batch = full_batch
+        self.collective = collective
 
     def split_features(
         self, extractor: FeatureExtractor, device: torch.device | str = "cpu"
@@ -242,77 +303,7 @@ class TransferDataModule(L.LightningDataModule):
             TlkitError: If no file of a non-empty ``split`` decodes, or (with ``strict``) if
                 any file does not decode.
         """
-        bad = _undecodable(split)
-        if split and len(bad) == len(split):
-            raise TlkitError(
-                f"no decodable images left in {name} ({_summary(split, bad)}); "
-                "replace or remove them"
-            )
-        return self._skip(name, split, bad)
-
-    def _skip(self, name: str, split: Split, bad: list[tuple[int, str]]) -> Split:
-        """``split`` without the ``bad`` positions: warn, or with ``strict`` refuse."""
-        if not bad:
-            return split
-        shown = "; ".join(f"{split.items[i]} ({reason})" for i, reason in bad[:3])
-        if self.hparams.strict:
-            raise TlkitError(
-                f"{len(bad)} undecodable image(s) in {name}, e.g. {shown}; "
-                "remove them or drop --strict to skip them"
-            )
-        rank_zero_warn(f"skipping {len(bad)} undecodable image(s) in {name}, e.g. {shown}")
-        bad_set = {i for i, _ in bad}
-        return split.subset([i for i in range(len(split)) if i not in bad_set])
-
-    def _refuse_unusable(
-        self, splits: dict[str, Split], bad: dict[str, list[tuple[int, str]]]
-    ) -> None:
-        """Refuse the data if its undecodable files leave a run without images it needs.
-
-        Args:
-            splits: The ``train``, ``val`` and ``test`` splits.
-            bad: Per split, the ``(position, reason)`` of each undecodable file.
-
-        Raises:
-            TlkitError: If no image decodes at all, a split has no decodable image left, or a
-                class has no decodable training image left.
-        """
-        if any(bad.values()) and all(len(bad[k]) == len(v) for k, v in splits.items()):
-            total = sum(len(b) for b in bad.values())
-            first = next(name for name in splits if bad[name])
-            raise TlkitError(
-                f"no decodable images in {self.source.name} ({total} undecodable, e.g. "
-                f"{_example(splits[first], bad[first])}); replace or remove them"
-            )
-        for name, split in splits.items():
-            if split and len(bad[name]) == len(split):
-                raise TlkitError(
-                    f"no decodable images left in {name} ({_summary(split, bad[name])}); "
-                    f"replace or remove them{self._split_fix(name, split)}"
-                )
-        train, lost = splits["train"], bad["train"]
-        lost_at = {i for i, _ in lost}
-        kept = {label for i, label in enumerate(train.labels) if i not in lost_at}
-        for label, class_name in enumerate(self.source.classes):
-            gone = [(i, reason) for i, reason in lost if train.labels[i] == label]
-            if gone and label not in kept:
-                raise TlkitError(
-                    f"class '{class_name}' has no decodable training image left "
-                    f"({_summary(train, gone)}); replace them or remove the class"
-                )
-
-    def _split_fix(self, name: str, split: Split) -> str:
-        """How to do without split ``name``: remove it where the data defines it."""
-        if name not in self._given_splits:
-            return ""  # held out from train: nothing of its own to remove
-        data = os.fspath(self.hparams.data)
-        if data.lower().endswith(".csv"):
-            return f", or remove the {name} rows of {data} to hold out part of train"
-        root = os.path.abspath(os.path.expanduser(data))
-        folder = Path(os.path.relpath(os.fspath(split.items[0]), root)).parts[0]
-        if folder == os.pardir:  # not below the path given (the bundled demo)
-            return ""
-        return f", or remove {folder}/ to hold out part of train"
+        return drop_undecodable(name, split, self.hparams.strict)
 
     @property
     def num_workers(self) -> int:
@@ -327,12 +318,9 @@ class TransferDataModule(L.LightningDataModule):
         dataset = self.datasets[name]
         if self.extractor is None:
             return dataset
-        views = (
-            self.hparams.feature_views if name == "train" and self.hparams.augment != "none" else 1
-        )
-        model = self.trainer.lightning_module
-        device = model.device if model is not None else torch.device("cpu")
-        return self._cached(name, dataset, self.extractor, device, views)
+        hp = self.hparams
+        views = hp.feature_views if name == "train" and hp.augment != "none" else 1
+        return self._cached(name, dataset, self.extractor, self.feature_device, views)
 
     def _cached(
         self,
@@ -343,7 +331,6 @@ class TransferDataModule(L.LightningDataModule):
         views: int = 1,
     ) -> Dataset:
         """The features of ``dataset`` (split ``name``), from the feature cache or one pass."""
-        cache_dir = self.hparams.cache_dir
         identity = {
             "data": DataSource(classes=self.source.classes, train=dataset.split).fingerprint(),
             "split": name,
@@ -355,28 +342,22 @@ class TransferDataModule(L.LightningDataModule):
             extractor,
             dataset,
             identity,
-            Path(cache_dir) if cache_dir else default_cache_dir(),
+            Path(self.hparams.cache_dir) if self.hparams.cache_dir else default_cache_dir(),
             batch_size=max(64, self.hparams.batch_size),
             num_workers=self.num_workers,
             device=device,
             description=f"{name} features",
             views=views,
+            collective=self.collective,
         )
 
     def _loader(self, name: str, shuffle: bool) -> DataLoader:
         workers = self.num_workers
         dataset = self._dataset(name)
-        batch_size = self.hparams.batch_size
-        model = self.trainer.lightning_module if self.trainer is not None else None
-        if name == "train" and getattr(model, "full_batch", False):
-            if self.extractor is None:
-                raise TlkitError(
-                    "full-batch L-BFGS needs cached features: set --data.augment none and "
-                    "--data.cache_features true"
-                )
-            batch_size = len(dataset)
-        features = not isinstance(dataset, ImageDataset)
-        if features:
+        batch_size = (
+            len(dataset) if name == "train" and self.full_batch else self.hparams.batch_size
+        )
+        if not isinstance(dataset, ImageDataset):
             workers = 0  # cached features are tensors in memory: workers only add start-up
             if name != "train":
                 # Evaluating a head on features is cheap per image and costly per step; the
@@ -390,6 +371,10 @@ class TransferDataModule(L.LightningDataModule):
             sampler = DistributedEpochSampler(len(dataset), self.hparams.seed, shuffle, rank, world)
         else:
             sampler = EpochSampler(len(dataset), self.hparams.seed, shuffle=shuffle)
+        if self.trainer is not None:
+            # Workers draw their first keys when the loader is created, before Lightning's
+            # set_epoch: start at the epoch the fit loop runs next (a resumed one included).
+            sampler.set_epoch(self.trainer.fit_loop.epoch_progress.current.processed)
         return DataLoader(
             dataset,
             batch_size=batch_size,
@@ -410,23 +395,3 @@ class TransferDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", shuffle=False)
-
-
-def _undecodable(split: Split) -> list[tuple[int, str]]:
-    """``(position, reason)`` of every image file of ``split`` that does not decode."""
-    return [
-        (i, reason)
-        for i, item in enumerate(split.items)
-        if isinstance(item, (str, os.PathLike)) and (reason := probe_image(item)) is not None
-    ]
-
-
-def _example(split: Split, bad: list[tuple[int, str]]) -> str:
-    """``PATH (REASON)`` of the first undecodable file in ``bad``."""
-    first, reason = bad[0]
-    return f"{split.items[first]} ({reason})"
-
-
-def _summary(split: Split, bad: list[tuple[int, str]]) -> str:
-    """``N undecodable, e.g. PATH (REASON)``: how many files of ``split`` fail, and one."""
-    return f"{len(bad)} undecodable, e.g. {_example(split, bad)}"

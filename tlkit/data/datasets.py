@@ -9,8 +9,8 @@ import torch
 from torch.utils.data import Dataset, DistributedSampler, Sampler
 
 from tlkit.data.images import load_image
-from tlkit.data.sources import Split
-from tlkit.data.transforms import Pipeline
+from tlkit.data.splits import Split
+from tlkit.transforms import Pipeline, ScheduledPipeline
 
 __all__ = [
     "DistributedEpochSampler",
@@ -99,7 +99,7 @@ class ImageDataset(Dataset):
 
     Args:
         split: Items and labels.
-        transform: ``HxWx3 uint8 array -> tensor``; a :class:`~tlkit.data.transforms.Pipeline`
+        transform: ``HxWx3 uint8 array -> tensor``; a :class:`~tlkit.transforms.Pipeline`
             is seeded per item and epoch when keys are ``(epoch, index)``.
         keep_decoded: Keep decoded images in memory so later epochs skip decoding (for
             datasets that fit in memory; each DataLoader worker keeps its own copy).
@@ -116,7 +116,23 @@ class ImageDataset(Dataset):
         self.transform = transform
         self.keep_decoded = keep_decoded
         self.seed = seed
+        self.schedule: ScheduledPipeline | None = None
         self._decoded: dict[int, np.ndarray] = {}
+
+    def set_schedule(self, schedule: ScheduledPipeline | None) -> None:
+        """Transform each item by the pipeline ``schedule`` gives its epoch (``None``: stop).
+
+        Epochs before the schedule's first stage keep :attr:`transform`. Items asked for by a
+        plain index use the schedule's current epoch (:meth:`ScheduledPipeline.set_epoch`).
+        """
+        self.schedule = schedule
+
+    def transform_for(self, epoch: int | None) -> Callable[..., torch.Tensor]:
+        """The transform of an item of ``epoch`` (``None``: the schedule's current epoch)."""
+        if self.schedule is None:
+            return self.transform
+        chosen = self.schedule.pipeline_for(self.schedule.epoch if epoch is None else epoch)
+        return self.transform if chosen is None else chosen
 
     def __len__(self) -> int:
         return len(self.split)
@@ -134,8 +150,9 @@ class ImageDataset(Dataset):
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
         epoch, index = key if isinstance(key, tuple) else (None, key)
         image = self.image(index)
-        if epoch is not None and isinstance(self.transform, Pipeline):
-            tensor = self.transform(image, seed=item_seed(self.seed, epoch, index))
+        transform = self.transform_for(epoch)
+        if epoch is not None and isinstance(transform, Pipeline):
+            tensor = transform(image, seed=item_seed(self.seed, epoch, index))
         else:
-            tensor = self.transform(image)
+            tensor = transform(image)
         return tensor, int(self.split.labels[index])

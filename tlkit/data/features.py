@@ -7,7 +7,7 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from rich.console import Console
@@ -19,12 +19,27 @@ from tlkit.errors import TlkitError
 from tlkit.utils import atomic_path, rank_zero_print
 
 __all__ = [
+    "Collective",
     "FeatureExtractor",
     "ViewFeatures",
     "cached_features",
     "default_cache_dir",
     "tensor_digest",
 ]
+
+
+class Collective(Protocol):
+    """The processes of a distributed run, as Lightning's ``trainer.strategy`` offers them."""
+
+    @property
+    def world_size(self) -> int: ...
+
+    @property
+    def global_rank(self) -> int: ...
+
+    def broadcast(self, obj: Any, src: int = 0) -> Any: ...
+
+    def all_gather(self, tensor: torch.Tensor) -> torch.Tensor: ...
 
 
 def default_cache_dir() -> Path:
@@ -70,6 +85,7 @@ def cached_features(
     device: torch.device | str = "cpu",
     description: str = "features",
     views: int = 1,
+    collective: Collective | None = None,
 ) -> Dataset:
     """Features of every item of ``dataset``, from the disk cache or computed once.
 
@@ -78,8 +94,7 @@ def cached_features(
         dataset: Yields ``(image tensor, label)``; its transform must be deterministic.
         identity: Plain data naming the data and transform (hashed into the cache key together
             with ``extractor.key``).
-        cache_dir: Where the cache lives; ``None`` keeps the features in memory only. Under
-            DDP every rank extracts its shard, the shards are gathered, rank zero writes.
+        cache_dir: Where the cache lives; ``None`` keeps the features in memory only.
         batch_size: Inference batch size.
         num_workers: DataLoader workers for decoding.
         device: Where the extractor runs.
@@ -87,6 +102,8 @@ def cached_features(
         views: Augmented views per item: view ``v`` of item ``i`` is ``dataset[(v, i)]``
             (a seeded augmentation); with ``views > 1`` the result is indexed by
             ``(epoch, i)`` and serves view ``epoch % views``.
+        collective: The processes of a distributed run (``trainer.strategy``): each extracts
+            its shard, the shards are gathered, rank zero writes. ``None``: one process.
 
     Returns:
         A dataset of ``(feature vector, label)``.
@@ -99,11 +116,11 @@ def cached_features(
     blob = json.dumps({"extractor": extractor.key, **identity}, sort_keys=True, default=str)
     key = hashlib.sha256(blob.encode()).hexdigest()[:24]
     path = None if cache_dir is None else Path(cache_dir) / f"{key}.safetensors"
-    rank, world = _rank_and_world()
-    hit = [path is not None and path.is_file()]
+    rank, world = (collective.global_rank, collective.world_size) if collective else (0, 1)
+    hit = path is not None and path.is_file()
     if world > 1:
-        torch.distributed.broadcast_object_list(hit, src=0)  # every rank takes rank zero's path
-    cached = _load_cached(path, description, views, rank) if hit[0] else None
+        hit = collective.broadcast(hit, src=0)  # every rank takes rank zero's path
+    cached = _load_cached(path, description, views, rank) if hit else None
     if cached is not None:
         return cached
     source = dataset if views == 1 else _Views(dataset, views)
@@ -111,7 +128,7 @@ def cached_features(
     loader = DataLoader(shard, batch_size=batch_size, num_workers=num_workers, shuffle=False)
     feats, labs = _extract(extractor, loader, device, f"caching {description}", rank == 0)
     if world > 1:
-        feats, labs = _gather_shards(feats, labs, len(source), world)
+        feats, labs = _gather_shards(collective, feats, labs, len(source))
     if path is not None and rank == 0:
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp:
@@ -187,21 +204,25 @@ def _feature_dataset(features: torch.Tensor, labels: torch.Tensor, views: int) -
     return TensorDataset(features, labels) if views == 1 else ViewFeatures(features, labels, views)
 
 
-def _rank_and_world() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-
 def _gather_shards(
-    feats: torch.Tensor, labels: torch.Tensor, total: int, world: int
+    collective: Collective, feats: torch.Tensor, labels: torch.Tensor, total: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Reassemble strided shards (rank r holds items r, r+world, ...) on every rank."""
-    gathered: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * world
-    torch.distributed.all_gather_object(gathered, (feats, labels))
+    """Reassemble strided shards (rank r holds items r, r+world, ...) on every rank.
+
+    Shards differ in length by at most one item: each is padded to the longest before the
+    gather (the collective gathers tensors of one shape), and the padding is dropped after.
+    """
+    world = collective.world_size
+    longest = -(-total // world)
+    pad = longest - len(labels)
+    padded = torch.cat([feats, feats.new_zeros((pad, feats.shape[1]))])
+    padded_labels = torch.cat([labels, labels.new_zeros(pad)])
+    all_feats = collective.all_gather(padded).cpu()  # (world, longest, width)
+    all_labels = collective.all_gather(padded_labels).cpu()
     out_feats = torch.empty((total, feats.shape[1]), dtype=feats.dtype)
     out_labels = torch.empty(total, dtype=torch.long)
-    for rank, (shard_feats, shard_labels) in enumerate(gathered):
-        out_feats[rank::world] = shard_feats
-        out_labels[rank::world] = shard_labels
+    for rank in range(world):
+        count = len(range(rank, total, world))
+        out_feats[rank::world] = all_feats[rank, :count]
+        out_labels[rank::world] = all_labels[rank, :count]
     return out_feats, out_labels

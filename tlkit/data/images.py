@@ -22,7 +22,7 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps
 
-from tlkit.data.sources import Item
+from tlkit.data.splits import Item
 from tlkit.errors import TlkitError
 
 __all__ = ["load_image", "probe_image"]

@@ -16,6 +16,8 @@ from tlkit.strategies.base import (
     strategy_settings,
 )
 from tlkit.strategies.groups import LayerGroup, layer_groups
+from tlkit.strategies.l2sp import PretrainedAnchor
+from tlkit.strategies.plan import plan_rows
 
 __all__ = [
     "BN_POLICIES",
@@ -27,10 +29,12 @@ __all__ = [
     "LayerGroup",
     "LinearProbe",
     "Partial",
+    "PretrainedAnchor",
     "ProbeStage",
     "Strategy",
     "create_strategy",
     "layer_groups",
+    "plan_rows",
     "register_strategy",
     "strategy_settings",
 ]

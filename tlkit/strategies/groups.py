@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from timm.models._manipulate import group_parameters
+from timm.models import group_parameters
 
 __all__ = ["LayerGroup", "layer_groups"]
 

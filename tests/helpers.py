@@ -1,0 +1,122 @@
+"""Helpers shared by the tests: generated image folders, a callback that stops a fit, and
+running the command line in-process."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+from lightning.pytorch.callbacks import Callback
+from PIL import Image, ImageDraw
+
+from tlkit.cli import main
+
+__all__ = [
+    "QUICK",
+    "SHAPES",
+    "StopAfter",
+    "error_line",
+    "quiet_trainer",
+    "write_classes",
+    "write_shapes",
+    "write_tinted",
+]
+
+#: Class name -> fill colour of the generated shape images.
+SHAPES = {"circle": (220, 40, 40), "square": (40, 180, 60), "triangle": (40, 70, 220)}
+
+
+def write_shapes(root: Path, per_class: int = 12, size: int = 32, seed: int = 0) -> Path:
+    """Write a flat ``root/<class>/*.png`` folder of coloured circles, squares and triangles.
+
+    Each image has a random grey background and one shape of random size and position, so the
+    classes differ in both colour and form.
+    """
+    rng = np.random.default_rng(seed)
+    for name, colour in SHAPES.items():
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            grey = int(rng.integers(60, 200))
+            image = Image.new("RGB", (size, size), (grey, grey, grey))
+            draw = ImageDraw.Draw(image)
+            r = int(rng.integers(size // 5, size // 3 + 1))
+            cx, cy = (int(v) for v in rng.integers(r, size - r, 2))
+            box = (cx - r, cy - r, cx + r, cy + r)
+            if name == "circle":
+                draw.ellipse(box, fill=colour)
+            elif name == "square":
+                draw.rectangle(box, fill=colour)
+            else:
+                draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=colour)
+            image.save(folder / f"{name}_{i:02d}.png")
+    return root
+
+
+def write_tinted(
+    root: Path, per_class: int, size: int, classes: tuple[str, ...] = ("red", "green", "blue")
+) -> Path:
+    """Write ``root/<class>/*.png`` noise images, each class tinted in its own RGB channel."""
+    rng = np.random.default_rng(0)
+    for c, name in enumerate(classes):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 128, (size, size, 3), dtype=np.uint8)
+            pixels[..., c] += 127
+            Image.fromarray(pixels).save(root / name / f"{i}.png")
+    return root
+
+
+class StopAfter(Callback):
+    """Stop the fit at the end of epoch ``epoch`` (a run killed mid-way, to test resuming)."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.current_epoch == self.epoch:
+            trainer.should_stop = True
+
+
+#: The quickest finetune settings: one epoch at 32 px.
+QUICK = ["--epochs", "1", "--image-size", "32"]
+
+
+def error_line(capsys: pytest.CaptureFixture, *argv: object) -> str:
+    """Run ``tlkit ARGV`` in-process; it must fail with exit code 2 and one line on stderr."""
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert code == 2, captured.err
+    assert len(lines) == 1, captured.err
+    assert lines[0].startswith("tlkit: error: "), captured.err
+    assert "Traceback" not in captured.out + captured.err
+    return lines[0]
+
+
+def write_classes(root: Path, per_class: int = 4, size: int = 8, seed: int = 0) -> Path:
+    """``root/{circle,square,triangle}/*.png``: small noise images, one colour cast per class."""
+    rng = np.random.default_rng(seed)
+    for c, name in enumerate(("circle", "square", "triangle")):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 128, (size, size, 3), dtype=np.uint8)
+            pixels[..., c] += 127
+            Image.fromarray(pixels).save(root / name / f"{name}_{i:02d}.png")
+    return root
+
+
+def quiet_trainer(*callbacks: Callback, **kwargs) -> L.Trainer:
+    """A one-device CPU Trainer that writes and prints nothing (``kwargs`` override)."""
+    options = dict(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    return L.Trainer(callbacks=list(callbacks), **{**options, **kwargs})

@@ -1,0 +1,184 @@
+"""advise: the decision rule on made-up scores, the probes, and measurements on real images."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tlkit.advise import (
+    LARGE_TOTAL,
+    SMALL_PER_CLASS,
+    Candidate,
+    choose,
+    decide,
+    expected_accuracy,
+    stratified_folds,
+)
+from tlkit.cli.advise import advise_command, baseline_line, next_command
+from tlkit.errors import TlkitError
+from tlkit.probe import CVPath
+from tlkit.recipes import recipe_path
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _candidate(name, stages, accuracy, spread=0.02, seed=0, deep=True, folds=15):
+    rng = np.random.default_rng(seed)
+    acc = np.clip(accuracy + spread * rng.standard_normal(folds), 0, 1)[None, :]
+    return Candidate(name, stages, 64, CVPath((1.0,), acc, np.zeros_like(acc)), deep=deep)
+
+
+def _candidates(top, deep=(), shallow=(), spread=0.02):
+    """top, then deep stages 4, 3, ..., then shallow stages 1, 0 (as score_candidates orders)."""
+    out = [_candidate("top", (None,), top, spread, seed=99)]
+    out += [_candidate(f"s{4 - i}", (4 - i,), a, spread, seed=i) for i, a in enumerate(deep)]
+    out += [
+        _candidate(f"s{len(shallow) - 1 - i}", (len(shallow) - 1 - i,), a, spread, 10 + i, False)
+        for i, a in enumerate(shallow)
+    ]
+    return out
+
+
+# --- the decision rule ---------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("per_class", "classes", "top", "deep", "cell", "stage"),
+    [
+        (20, 10, 0.90, (0.80, 0.70), "small-similar", None),
+        (20, 10, 0.70, (0.75, 0.82), "small-different", 3),
+        (500, 10, 0.90, (0.80, 0.70), "large-similar", None),
+        (500, 10, 0.80, (0.85, 0.70), "large-different", 4),
+    ],
+)
+def test_decide_names_every_cell(per_class, classes, top, deep, cell, stage) -> None:
+    verdict = decide(_candidates(top, deep), per_class, classes)
+    assert verdict["cell"] == cell
+    assert verdict["recipe"] == cell
+    assert recipe_path(verdict["recipe"]).is_file()
+    assert verdict["probe_stage"] == stage
+    size, similarity = cell.split("-")
+    assert (verdict["size"], verdict["similarity"]) == (size, similarity)
+    assert f": {size};" in verdict["reason"]
+    assert ("resembles" if similarity == "similar" else "differs") in verdict["reason"]
+
+
+def test_size_thresholds() -> None:
+    scores = _candidates(0.9, (0.5, 0.6))
+    assert decide(scores, SMALL_PER_CLASS - 1, 10)["size"] == "small"
+    assert decide(scores, SMALL_PER_CLASS, 10)["size"] == "large"
+    many_classes = LARGE_TOTAL // 20
+    assert decide(scores, 20, many_classes)["size"] == "large"
+    assert decide(scores, 20, many_classes - 1)["size"] == "small"
+
+
+def test_a_shallow_stage_must_win_by_more_than_the_noise() -> None:
+    noisy = _candidates(0.80, (0.78,), shallow=(0.5, 0.84), spread=0.15)
+    chosen, why = choose(noisy, 0.2)
+    assert chosen.name == "top"
+    clear = _candidates(0.80, (0.78,), shallow=(0.5, 0.90), spread=0.01)
+    chosen, why = choose(clear, 0.2)
+    assert chosen.name == "s0" and chosen.mean > 0.85
+    assert "more than the noise" in why
+
+
+def test_ties_among_deep_candidates_go_to_the_top() -> None:
+    flat = [
+        Candidate(n, st, 8, CVPath((1.0,), np.full((1, 15), 0.9), np.zeros((1, 15))))
+        for n, st in (("top", (None,)), ("s4", (4,)), ("s3", (3,)))
+    ]
+    assert choose(flat, 0.2)[0].name == "top"
+
+
+def test_expected_accuracy_removes_the_bias_of_choosing() -> None:
+    # Five candidates of equal skill: the best on average won by luck, and each fold's best
+    # beat it there; the estimate falls back below its cross-validated mean.
+    rng = np.random.default_rng(0)
+    cands = [
+        Candidate(f"c{i}", (i,), 8, CVPath((1.0,), 0.7 + 0.05 * rng.standard_normal((1, 15)),
+                                           np.zeros((1, 15))))
+        for i in range(5)
+    ]  # fmt: skip
+    best = max(cands, key=lambda c: c.mean)
+    expected = expected_accuracy(cands, best, labelled=100, tested=500)
+    assert expected["bias"] > 0.01
+    assert expected["estimate"] == pytest.approx(best.mean - expected["bias"], abs=1e-4)
+    assert expected["low"] < expected["estimate"] < expected["high"]
+    alone = expected_accuracy([best], best, labelled=100, tested=500)
+    assert alone["bias"] == 0
+    wider = expected_accuracy([best], best, labelled=20, tested=500)
+    assert wider["high"] - wider["low"] > alone["high"] - alone["low"]
+
+
+def test_decide_needs_a_candidate() -> None:
+    with pytest.raises(TlkitError):
+        decide([], 20, 10)
+
+
+def test_stratified_folds_cover_each_sample_once_per_repeat() -> None:
+    labels = [0] * 10 + [1] * 7 + [2] * 5
+    splits = stratified_folds(labels, folds=5, repeats=2, seed=0)
+    assert len(splits) == 10
+    for repeat in range(2):
+        tests = np.concatenate([te for _, te in splits[repeat * 5 : (repeat + 1) * 5]])
+        assert sorted(tests.tolist()) == list(range(len(labels)))
+    for train, test in splits:
+        assert not set(train) & set(test)
+        assert {labels[i] for i in test} == {0, 1, 2}
+    assert splits[0][1].tolist() != splits[5][1].tolist()
+    # a one-image class is held out once per repeat (pessimistic, but a run can go on)
+    single = stratified_folds([0, 0, 0, 1], folds=5, repeats=1)
+    assert len(single) == 2 and sum(3 in test for _, test in single) == 1
+    with pytest.raises(TlkitError, match="at least 2"):
+        stratified_folds([0], folds=5)
+
+
+def test_next_command_and_large_cell_baseline() -> None:
+    report = {
+        "recipe": "large-different",
+        "cell": "large-different",
+        "probe_stage": ["top", 3],
+        "probe": {"name": "top+blocks.4"},
+        "expected_accuracy": {"estimate": 0.9, "low": 0.85, "high": 0.95},
+    }
+    # the fine-tuning recipes take no probe stage; small-different's probe does
+    assert next_command(report, "DATA") == "tlkit finetune --recipe large-different --data DATA"
+    small = {**report, "recipe": "small-different", "cell": "small-different"}
+    assert next_command(small, "DATA").endswith("--model.strategy_args.stage '[\"top\", 3]'")
+    assert "top+blocks.4 is expected to score 0.900 (0.850-0.950)" in baseline_line(report)
+    assert baseline_line({**report, "recipe": "small-different"}) is None
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--folds", "1"], "--folds must be at least 2"),
+        (["--max-images", "1"], "--max-images must be at least 2"),
+        (["--image-size", "0"], "--image-size must be positive"),
+        (["--shots", "0"], "--shots must be positive"),
+        (["--data", "no/such/folder"], "does not exist"),
+    ],
+)
+def test_bad_advise_options_are_user_errors(argv: list[str], message: str) -> None:
+    with pytest.raises(TlkitError, match=message):
+        advise_command(argv)
+
+
+def test_the_plan_names_what_to_run() -> None:
+    from tlkit.advise import plan_from
+
+    report = {
+        "cell": "small-different",
+        "recipe": "small-different",
+        "probe_stage": 3,
+        "probe": {"name": "blocks.3"},
+        "expected_accuracy": {"estimate": 0.9, "low": 0.85, "high": 0.95, "bias": 0.01},
+    }
+    plan = plan_from(report)
+    assert (plan.recipe, plan.stage, plan.probe, plan.probe_first) == (
+        "small-different",
+        3,
+        "blocks.3",
+        False,
+    )
+    large = plan_from({**report, "cell": "large-different", "recipe": "large-different"})
+    assert large.stage is None  # the large recipes' strategies read no probe stage
+    assert large.probe_first

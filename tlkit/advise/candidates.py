@@ -1,0 +1,277 @@
+"""Candidate feature sets scored by the exact probe, the choice among them and the matrix rule.
+
+Pure functions of the scores: no backbone runs here (see :mod:`tlkit.advise.measure`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from tlkit.errors import TlkitError
+from tlkit.probe import CVPath, cv_path
+from tlkit.recipes import cell_recipe
+
+__all__ = [
+    "INTERVAL_Z",
+    "LARGE_TOTAL",
+    "SMALL_PER_CLASS",
+    "Candidate",
+    "choose",
+    "decide",
+    "expected_accuracy",
+    "feature_stages",
+    "score_candidates",
+]
+
+#: Below this many labelled training images per class (median over classes) the data is
+#: "small", unless the total reaches :data:`LARGE_TOTAL`.
+SMALL_PER_CLASS = 100
+#: From this many labelled training images in all the data is "large" whatever the per-class
+#: count (e.g. 1000 classes of 50 images).
+LARGE_TOTAL = 10_000
+#: Half-width of the expected-accuracy interval in standard errors (a 90 % interval).
+INTERVAL_Z = 1.645
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One set of frozen features, scored by the exact probe on the shared folds.
+
+    Attributes:
+        name: ``top``, a stage's module name (``blocks.4``) or ``top+blocks.4``.
+        stages: What ``probe_stage`` reads: feature indices, ``None`` for the top features.
+        channels: Feature width.
+        path: Held-out accuracy of every L2 strength on every fold.
+        deep: One of the deep candidates, chosen on its mean alone.
+    """
+
+    name: str
+    stages: tuple[int | None, ...]
+    channels: int
+    path: CVPath
+    deep: bool = True
+
+    @property
+    def folds(self) -> np.ndarray:
+        """Held-out accuracy per fold at the chosen L2 strength."""
+        return self.path.folds()
+
+    @property
+    def mean(self) -> float:
+        """Cross-validated accuracy at the chosen L2 strength."""
+        return float(self.folds.mean())
+
+    @property
+    def std(self) -> float:
+        """Standard deviation of the accuracy over folds."""
+        return float(np.std(self.folds, ddof=1)) if len(self.folds) > 1 else 0.0
+
+    @property
+    def l2(self) -> float:
+        """The L2 strength chosen on the folds."""
+        return self.path.l2[self.path.best]
+
+    @property
+    def strategy_stage(self) -> int | list[int | str] | None:
+        """``probe_stage``'s ``stage`` setting for these features (``None``: the top alone)."""
+        if self.stages == (None,):
+            return None
+        if len(self.stages) == 1:
+            return self.stages[0]
+        return ["top" if s is None else s for s in self.stages]
+
+    def describe(self) -> dict[str, Any]:
+        """Plain data for reports."""
+        return {
+            "name": self.name,
+            "stage": self.strategy_stage,
+            "channels": self.channels,
+            "accuracy": round(self.mean, 4),
+            "std": round(self.std, 4),
+            "l2": self.l2,
+            "deep": self.deep,
+        }
+
+
+def feature_stages(stage: int | list[int | str] | None) -> tuple[int | None, ...]:
+    """The feature indices (``None``: the top) of a ``probe_stage`` ``stage`` setting, or of
+    a report's ``probe_stage`` (``None``: the top features alone); the inverse of
+    :attr:`Candidate.strategy_stage`."""
+    if stage is None:
+        return (None,)
+    return tuple(None if s == "top" else s for s in (stage if isinstance(stage, list) else [stage]))
+
+
+def _corrected_variance(folds: np.ndarray, test_fraction: float) -> float:
+    """Variance of the mean of per-fold scores, corrected for overlapping training sets
+    (Nadeau & Bengio 2003): ``(1/J + n_test/n_train)`` times the variance of the ``J`` scores."""
+    if len(folds) < 2:
+        return 0.0
+    ratio = test_fraction / max(1.0 - test_fraction, 1e-9)
+    return (1.0 / len(folds) + ratio) * float(np.var(folds, ddof=1))
+
+
+def _noise(a: Candidate, b: Candidate, test_fraction: float) -> float:
+    """Twice the corrected resampled standard error of ``a - b`` over the shared folds."""
+    return 2.0 * math.sqrt(_corrected_variance(a.folds - b.folds, test_fraction))
+
+
+def score_candidates(
+    blocks: Sequence[torch.Tensor],
+    labels: np.ndarray,
+    names: Sequence[str],
+    splits: Sequence[tuple[np.ndarray, np.ndarray]],
+) -> list[Candidate]:
+    """Score every stage, the top features and top + the best deep earlier stage.
+
+    Args:
+        blocks: Pooled features of each feature stage (shallow to deep), then of the top.
+        labels: Class of each row.
+        names: Names of ``blocks`` (the last one is ``top``).
+        splits: The shared folds.
+
+    Returns:
+        Candidates: the top, the concatenation, the stages deep to shallow.
+    """
+    last = len(blocks) - 1
+    stages = [
+        Candidate(names[i], (i,), int(b.shape[1]), cv_path(b, labels, splits), deep=i >= last - 2)
+        for i, b in enumerate(blocks[:-1])
+    ]
+    top = Candidate("top", (None,), int(blocks[-1].shape[1]), cv_path(blocks[-1], labels, splits))
+    partner = max(reversed([c for c in stages if c.deep]), key=lambda c: c.mean)
+    index = partner.stages[0]
+    joined = torch.cat([blocks[-1], blocks[index]], dim=1)
+    both = Candidate(
+        f"top+{partner.name}", (None, index), int(joined.shape[1]), cv_path(joined, labels, splits)
+    )
+    return [top, both, *reversed(stages)]
+
+
+def choose(candidates: Sequence[Candidate], test_fraction: float) -> tuple[Candidate, str]:
+    """The best deep candidate, unless a shallower one beats it by more than the noise.
+
+    Ties go to the earlier candidate in ``candidates`` (the top features first).
+
+    Returns:
+        The chosen candidate and why, in words.
+    """
+    deep = [c for c in candidates if c.deep]
+    best = max(deep, key=lambda c: round(c.mean, 9))  # max keeps the first of equals
+    why = f"{best.name} scores best among the deep features ({best.mean:.3f} ± {best.std:.3f})"
+    for other in sorted((c for c in candidates if not c.deep), key=lambda c: -c.mean):
+        noise = _noise(other, best, test_fraction)
+        if other.mean - best.mean > noise:
+            why = (
+                f"{other.name} beats the best deep features ({best.name}) by "
+                f"{other.mean - best.mean:+.3f}, more than the noise {noise:.3f}"
+            )
+            return other, why
+    return best, why
+
+
+def expected_accuracy(
+    candidates: Sequence[Candidate],
+    chosen: Candidate,
+    labelled: int,
+    tested: int | None = None,
+    test_fraction: float = 0.2,
+) -> dict[str, float]:
+    """Expected accuracy of ``chosen`` refitted on every labelled image, with an interval.
+
+    The cross-validated accuracy of the best of many configurations is optimistic: the bias is
+    estimated as the mean, over folds, of how much the best configuration on each fold beat the
+    chosen one there (Tibshirani & Tibshirani 2009). The variance of a k-fold mean is larger than
+    the binomial variance of ``labelled`` images, since the folds' training sets overlap: it is
+    the corrected resampled variance of Nadeau & Bengio (2003), ``(1/J + n_test/n_train)`` times
+    the variance of the ``J`` fold accuracies, or the binomial one when that is larger; a test set
+    of ``tested`` images adds its own binomial variance.
+
+    Args:
+        candidates: Every candidate the choice was made among (on the same folds).
+        chosen: The chosen one.
+        labelled: Labelled images the folds were drawn from.
+        tested: Size of the test set the accuracy will be measured on, if known.
+        test_fraction: Share of the samples in each held-out fold (``1/k``).
+
+    Returns:
+        ``estimate``, ``low``, ``high`` (a 90 % interval) and ``bias``, as fractions.
+    """
+    rows = np.concatenate([c.path.accuracy for c in candidates], axis=0)
+    bias = float((rows.max(axis=0) - chosen.folds).mean())
+    estimate = min(max(chosen.mean - bias, 0.0), 1.0)
+    spread = estimate * (1.0 - estimate)
+    corrected = _corrected_variance(chosen.folds, test_fraction)
+    variance = max(corrected, spread / max(labelled, 1)) + (spread / tested if tested else 0.0)
+    half = INTERVAL_Z * math.sqrt(variance)
+    return {
+        "estimate": round(estimate, 4),
+        "low": round(max(estimate - half, 0.0), 4),
+        "high": round(min(estimate + half, 1.0), 4),
+        "bias": round(bias, 4),
+    }
+
+
+def decide(
+    candidates: Sequence[Candidate],
+    samples_per_class: float,
+    num_classes: int,
+    num_train: int | None = None,
+    test_fraction: float = 0.2,
+) -> dict[str, Any]:
+    """The matrix cell and the frozen probe from scored candidates and the amount of data.
+
+    Args:
+        candidates: From :func:`score_candidates`, scored on the same folds.
+        samples_per_class: Median labelled training images per class.
+        num_classes: Number of classes.
+        num_train: Labelled training images in all (default ``samples_per_class *
+            num_classes``).
+        test_fraction: Share of the samples in each held-out fold (``1/k`` for k folds).
+
+    Returns:
+        ``size``, ``similarity``, ``cell``, ``recipe`` (the shipped recipe of the cell),
+        ``probe`` (the chosen candidate), ``probe_stage`` (``probe_stage``'s ``stage`` for it,
+        ``None`` for the top features) and ``reason``.
+
+    Raises:
+        TlkitError: With no candidate.
+    """
+    if not candidates:
+        raise TlkitError("need at least one candidate feature set to compare")
+    total = num_train if num_train is not None else round(samples_per_class * num_classes)
+    small = samples_per_class < SMALL_PER_CLASS and total < LARGE_TOTAL
+    size = "small" if small else "large"
+    chosen, why = choose(candidates, test_fraction)
+    similar = chosen.stages == (None,)
+    similarity = "similar" if similar else "different"
+    if small:
+        why_size = f"under {SMALL_PER_CLASS} per class and under {LARGE_TOTAL} in all"
+    elif samples_per_class >= SMALL_PER_CLASS:
+        why_size = f"at least {SMALL_PER_CLASS} per class"
+    else:
+        why_size = f"at least {LARGE_TOTAL} in all"
+    size_reason = f"{samples_per_class:g} labelled images per class, {total} in all ({why_size})"
+    if similar:
+        sim_reason = f"{why}: the top features suffice, so the data resembles the pretraining"
+    else:
+        sim_reason = (
+            f"{why}: earlier stages carry what the classes need, so the data differs from the "
+            f"pretraining; the probe reads {chosen.name}"
+        )
+    cell = f"{size}-{similarity}"
+    return {
+        "size": size,
+        "similarity": similarity,
+        "cell": cell,
+        "recipe": cell_recipe(size, similarity),
+        "probe": chosen,
+        "probe_stage": chosen.strategy_stage,
+        "reason": f"{size_reason}: {size}; {sim_reason}.",
+    }
