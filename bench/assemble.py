@@ -19,7 +19,9 @@ ORDER = [
     "memory",
     "precision",
     "ensemble",
+    "options",
     "quadrants",
+    "gpu",
 ]
 
 
