@@ -46,6 +46,8 @@ from tlkit.recipes import recipe_path
 BACKBONE = "tf_efficientnet_lite0"
 RECIPE = "large-similar"
 TARGETS = {"similar": "fashion 5-9", "different": "digits"}
+#: The reading of the figures (written by hand from them), appended to the results.
+FINDINGS = Path(__file__).resolve().parent / "options_findings.md"
 
 
 def _options(epochs: int) -> dict[str, tuple[dict[str, Any], list[Any]]]:
@@ -138,6 +140,8 @@ def report(runs: list[dict[str, Any]], epochs: int, size: int) -> None:
         "own models. Fit seconds on 2 cores, one torch thread, alongside other work.\n\n"
         + "\n".join(lines)
     )
+    if FINDINGS.exists():
+        text += "\n\n" + FINDINGS.read_text().strip()
     write("Optional pieces on the large recipe", text, {"runs": runs})
 
 
