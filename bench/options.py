@@ -11,6 +11,8 @@ augmentation draws):
 * weight averaging from Lightning: `EMAWeightAveraging` (decay 0.99: a half-life of about 70
   steps, a quarter of these runs' 320) and
   `StochasticWeightAveraging` (last 30 % of the epochs);
+* WiSE-FT (Wortsman et al. 2022): the fine-tuned weights mixed with those at the end of LP-FT's
+  probe epoch, the coefficient chosen on validation, BatchNorm statistics recomputed;
 * the model's own regularisers: stochastic depth (`drop_path_rate` 0.1) and no dropout.
 
 Data: the large cells of the matrix benchmark (bench/quadrants_data.py): Fashion-MNIST classes
@@ -19,6 +21,7 @@ with the bundled ImageNet weights of tf_efficientnet_lite0. These targets serve 
 benchmark too; they are not the held-out benchmark's draws.
 
     python bench/options.py [--seeds 3] [--epochs 10] [--image-size 32] [--work /tmp/options]
+        [--options ROW ...] [--targets similar different]
 
 Every run is appended to WORK/runs.jsonl, so a rerun resumes; --report-only writes the table.
 """
@@ -26,6 +29,7 @@ Every run is appended to WORK/runs.jsonl, so a rerun resumes; --report-only writ
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import time
@@ -38,6 +42,7 @@ import yaml
 from common import write
 from lightning.pytorch.callbacks import EMAWeightAveraging, StochasticWeightAveraging
 from quadrants_data import build_all
+from torch.optim.swa_utils import update_bn
 
 from tlkit import TransferDataModule, TransferModule
 from tlkit.callbacks import AugmentationSchedule, DropConnect, FlipTTA, LRDecay, MixUp
@@ -63,7 +68,39 @@ def _options(epochs: int) -> dict[str, tuple[dict[str, Any], list[Any]]]:
         "+SWA": ({}, [StochasticWeightAveraging(swa_lrs=0.005, swa_epoch_start=swa_start)]),
         "drop_path 0.1": ({"drop_path_rate": 0.1}, []),
         "dropout 0": ({"dropout": 0.0}, []),
+        "+WiSE-FT (LP to FT)": ({}, [ProbeWeights()]),
     }
+
+
+class ProbeWeights(L.Callback):
+    """The weights at the end of LP-FT's probe epoch: a linear probe on the pretrained backbone."""
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.current_epoch == 0:
+            self.state = copy.deepcopy(pl_module.state_dict())
+
+
+def wise_ft(model, dm, start: dict, alphas=(0.0, 0.25, 0.5, 0.75, 1.0)) -> dict[str, float]:
+    """WiSE-FT between the probe's weights and the fine-tuned ones (Wortsman et al. 2022): the
+    mixing coefficient with the best validation accuracy, BatchNorm statistics recomputed on the
+    training images for every mix; returns its test accuracy and the coefficient."""
+    final = copy.deepcopy(model.state_dict())
+    evaluator = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False,
+                          enable_model_summary=False)  # fmt: skip
+    best = None
+    for alpha in alphas:
+        mixed = {
+            k: (1 - alpha) * start[k] + alpha * v if v.is_floating_point() else v
+            for k, v in final.items()
+        }
+        model.load_state_dict(mixed)
+        update_bn(dm.train_dataloader(), model)
+        val = evaluator.validate(model, datamodule=dm, verbose=False)[0]["val_acc"]
+        if best is None or val > best[0]:
+            best = (val, alpha, copy.deepcopy(model.state_dict()))
+    model.load_state_dict(best[2])
+    test = evaluator.test(model, datamodule=dm, verbose=False)[0]["test_acc"]
+    return {"test_acc": float(test), "alpha": best[1], "val_acc": float(best[0])}
 
 
 def run_one(data: str, name: str, epochs: int, seed: int, size: int) -> dict[str, Any]:
@@ -88,6 +125,10 @@ def run_one(data: str, name: str, epochs: int, seed: int, size: int) -> dict[str
     trainer.fit(model, datamodule=dm)
     row = {"test_acc": float(trainer.test(model, datamodule=dm, verbose=False)[0]["test_acc"])}
     row["fit_seconds"] = round(time.perf_counter() - start, 2)
+    probe = next((c for c in callbacks if isinstance(c, ProbeWeights)), None)
+    if probe is not None:
+        row["final_acc"] = row["test_acc"]
+        row.update(wise_ft(model, dm, probe.state))
     if name == "recipe":
         tta = L.Trainer(
             accelerator="cpu", logger=False, enable_progress_bar=False,
@@ -152,6 +193,7 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--work", type=Path, default=Path("/tmp/options"))
     parser.add_argument("--options", nargs="*", default=None, help="rows to run (default all)")
+    parser.add_argument("--targets", nargs="*", default=list(TARGETS), choices=list(TARGETS))
     parser.add_argument("--report-only", action="store_true")
     opts = parser.parse_args()
     torch.set_num_threads(1)
@@ -163,7 +205,7 @@ def main() -> None:
         names = opts.options or list(_options(opts.epochs))
         done = {(r["target"], r["option"], r["seed"]) for r in runs}
         for seed in range(opts.seeds):
-            for target in TARGETS:
+            for target in opts.targets:
                 for name in names:
                     if (target, name, seed) in done:
                         continue
