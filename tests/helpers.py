@@ -8,16 +8,21 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import pytest
+import torch
 from lightning.pytorch.callbacks import Callback
 from PIL import Image, ImageDraw
+from torch import nn
 
 from tlkit.cli import main
+from tlkit.strategies import layer_groups
 
 __all__ = [
     "QUICK",
     "SHAPES",
     "StopAfter",
+    "check_layer_groups",
     "error_line",
+    "execution_order",
     "quiet_trainer",
     "write_classes",
     "write_shapes",
@@ -120,3 +125,50 @@ def quiet_trainer(*callbacks: Callback, **kwargs) -> L.Trainer:
         num_sanity_val_steps=0,
     )
     return L.Trainer(callbacks=list(callbacks), **{**options, **kwargs})
+
+
+def execution_order(model: nn.Module, size: int) -> list[str]:
+    """Names of the parameters in the order their modules run in a forward pass.
+
+    Parameters owned directly by a container (ViT's ``cls_token``, ``pos_embed``) are read by that
+    container before its children run, so they are listed when the container's forward starts.
+    """
+    order: list[str] = []
+    handles = []
+    for mod_name, module in model.named_modules():
+        own = [
+            f"{mod_name}.{p}" if mod_name else p for p, _ in module.named_parameters(recurse=False)
+        ]
+        if not own:
+            continue
+        if list(module.children()):
+            handles.append(
+                module.register_forward_pre_hook(lambda m, a, own=own: order.extend(own))
+            )
+        else:
+            handles.append(module.register_forward_hook(lambda m, a, o, own=own: order.extend(own)))
+    with torch.no_grad():
+        model.eval()(torch.randn(1, 3, size, size))
+    for handle in handles:
+        handle.remove()
+    return list(dict.fromkeys(order))
+
+
+def check_layer_groups(model: nn.Module, size: int) -> None:
+    """Layer groups run shallow to deep, hold every parameter once, and start with the stem."""
+    groups = layer_groups(model)
+    names = [n for n, _ in model.named_parameters()]
+    assert len(groups) >= 3
+    assert [g.index for g in groups] == list(range(len(groups)))
+    flat = [n for g in groups for n in g.params]
+    assert sorted(flat) == sorted(names), "every parameter in exactly one group"
+    assert len({g.name for g in groups}) == len(groups)
+    assert "head" not in {g.name for g in groups}
+    assert groups[0].name == "stem"
+    group_of = {n: g.index for g in groups for n in g.params}
+    ran = execution_order(model, size)
+    depth = [group_of[n] for n in ran]
+    assert depth[0] == 0, "the first layer that runs is in the stem"
+    assert depth == sorted(depth), "groups run shallow to deep"
+    assert depth[-1] == len(groups) - 1
+    assert set(depth) == set(range(len(groups)))
