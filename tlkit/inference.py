@@ -154,18 +154,23 @@ class ImageItems(Dataset):
         return self.transform(image=load_image(self.items[index]))["image"]
 
 
+def _snapshot_state(loaded: LoadedModel) -> dict[str, Any] | None:
+    """The ``SnapshotEnsemble`` state a checkpoint holds, if it holds any snapshots."""
+    states = (loaded.checkpoint.get("callbacks") or {}).items()
+    return next(
+        (state for key, state in states
+         if str(key).startswith("SnapshotEnsemble") and state.get("snapshots")),
+        None,
+    )  # fmt: skip
+
+
 def snapshot_ensemble(loaded: LoadedModel) -> SnapshotEnsemble | None:
     """The :class:`~tlkit.callbacks.SnapshotEnsemble` stored in a checkpoint, with its snapshots.
 
     Returns:
         The callback restored from the checkpoint, or ``None`` when it holds no snapshots.
     """
-    states = (loaded.checkpoint.get("callbacks") or {}).items()
-    state = next(
-        (state for key, state in states
-         if str(key).startswith("SnapshotEnsemble") and state.get("snapshots")),
-        None,
-    )  # fmt: skip
+    state = _snapshot_state(loaded)
     if state is None:
         return None
     callback = SnapshotEnsemble(cycles=state["cycles"])
@@ -175,8 +180,8 @@ def snapshot_ensemble(loaded: LoadedModel) -> SnapshotEnsemble | None:
 
 def ensemble_size(loaded: LoadedModel) -> int:
     """How many models a checkpoint predicts with: its snapshots, or 1 without any."""
-    snapshot = snapshot_ensemble(loaded)
-    return len(snapshot.snapshots) if snapshot is not None else 1
+    state = _snapshot_state(loaded)
+    return len(state["snapshots"]) if state is not None else 1
 
 
 def predict_probabilities(

@@ -249,11 +249,8 @@ def test_export_writes_a_timm_loadable_file_and_a_torchscript_model(runs, tmp_pa
 
 
 def _run_predict(*argv: str, cwd: Path) -> subprocess.CompletedProcess:
-    code = (
-        "import sys; from tlkit.cli.predict import predict_command as p; sys.exit(p(sys.argv[1:]))"
-    )
     return subprocess.run(
-        [sys.executable, "-c", code, *argv],
+        [sys.executable, "-m", "tlkit", "predict", *argv],
         cwd=cwd,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
         capture_output=True,

@@ -37,9 +37,6 @@ options for every command: --debug (show tracebacks), --verbose (Lightning's own
 """
 
 
-_OWN_VERBOSE = ("predict", "evaluate", "export")
-
-
 def _dispatch(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE, end="")
@@ -93,12 +90,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     set_verbose("--verbose" in args)
+    args = [a for a in args if a not in GLOBAL_FLAGS]
     command = args[0] if args else ""
     if command == "predict" and any(a.startswith("--config") for a in args):
-        command = "lightning-predict"
-    # predict, evaluate and export take --verbose as their own option (progress bar, info lines)
-    keep = ("--verbose",) if command in _OWN_VERBOSE else ()
-    args = [a for a in args if a not in GLOBAL_FLAGS or a in keep]
+        command = "lightning-predict"  # the Lightning subcommand: --model.* / --data.* flags
     try:
         return _dispatch(args)
     except TlkitError as err:

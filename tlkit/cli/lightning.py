@@ -20,6 +20,7 @@ __all__ = [
     "quiet_lightning",
     "rank_zero",
     "set_verbose",
+    "verbose",
 ]
 
 #: Lightning CLI subcommands ``tlkit`` passes through.
@@ -52,6 +53,11 @@ _VERBOSE = {"on": False}
 def set_verbose(on: bool) -> None:
     """``--verbose``: show Lightning's own info lines (device banner, tips, model summary)."""
     _VERBOSE["on"] = on
+
+
+def verbose() -> bool:
+    """Whether the command line was given ``--verbose``."""
+    return _VERBOSE["on"]
 
 
 def rank_zero() -> bool:

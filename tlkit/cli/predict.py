@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from tlkit.cli.lightning import verbose
 from tlkit.data.images import probe_image
 from tlkit.data.sources import IMAGE_EXTENSIONS, load_source
 from tlkit.errors import ArgumentParser, TlkitError
@@ -25,9 +26,6 @@ def _ensemble_options(parser: ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--trust-weights", action="store_true")
     parser.add_argument("--strict", action="store_true", help="stop on undecodable images")
-    parser.add_argument(
-        "--verbose", action="store_true", help="show a progress bar and Lightning's info lines"
-    )
 
 
 def _checkpoints(paths: Sequence[str], trust: bool) -> list[LoadedModel]:
@@ -94,7 +92,7 @@ def predict_command(argv: Sequence[str]) -> int:
     files = _image_files(opts.data)
     files = [files[i] for i in _decodable(files, opts.strict)]
     probs = ensemble_probabilities(
-        models, files, opts.batch_size, progress=opts.verbose, verbose=opts.verbose
+        models, files, opts.batch_size, progress=verbose(), verbose=verbose()
     )
     k = min(opts.top_k, probs.shape[1])
     top_p, top_i = probs.topk(k, dim=1)
@@ -151,7 +149,7 @@ def evaluate_command(argv: Sequence[str]) -> int:
     index = {name: i for i, name in enumerate(names)}
     targets = torch.tensor([index[source.classes[label]] for label in split.labels])
     probs = ensemble_probabilities(
-        models, split.items, opts.batch_size, progress=opts.verbose, verbose=opts.verbose
+        models, split.items, opts.batch_size, progress=verbose(), verbose=verbose()
     )
     result = evaluation_metrics(probs, targets, names)
     # one entry per model of the ensemble: a snapshot checkpoint once per snapshot
