@@ -40,8 +40,6 @@ __all__ = [
     "fit_exact",
     "install_probe",
     "probabilities",
-    "probe_baseline",
-    "probe_verdict",
     "write_checkpoint",
 ]
 
@@ -263,61 +261,3 @@ def finetune_exact(model, datamodule, run: ExactRun) -> dict[str, Any]:
     metrics["seconds"] = seconds  # where the in-process time went
     (run.run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
-
-
-def probe_baseline(datamodule, run: ExactRun, model) -> dict | None:
-    """For the large cells: the exact probe fitted first (seconds), the bar fine-tuning must clear.
-
-    With ``--recipe auto`` it is fitted on what advise measured; a named large recipe measures
-    the data the same way first (one pass over the images, cached).
-
-    Returns:
-        ``probe`` (name, stage, L2), ``probe_test_acc`` and ``probe_fit_seconds``, or ``None``
-        when the recipe is not a large cell.
-    """
-    from tlkit.recipes import is_large_cell
-
-    if not is_large_cell(run.recipe):
-        return None
-    from tlkit.advise import feature_stages, measure
-    from tlkit.probe import fit_probe, rescale_l2
-
-    start = time.perf_counter()
-    decision, features = run.decision, run.features
-    if features is None:
-        hp = model.hparams
-        decision, features = measure(
-            str(datamodule.hparams.data),
-            backbone=hp.backbone,
-            weights=hp.weights,
-            pretrained=hp.pretrained,
-            seed=run.seed,
-            with_test=True,
-            datamodule=datamodule,
-        )
-    probe = decision["probe"]
-    stages = feature_stages(probe["stage"])
-    import torch
-
-    x = torch.cat([features.select(s, stages) for s in ("train", "val")])
-    y = torch.cat([features.labels(s) for s in ("train", "val")])
-    measured = decision["evidence"]["images_measured"]
-    fitted = fit_probe(x, y, rescale_l2(probe["l2"], measured, len(y)), datamodule.num_classes)
-    accuracy = fitted.accuracy(features.select("test", stages), features.labels("test"))
-    return {
-        "probe": probe,
-        "probe_test_acc": accuracy,
-        "probe_fit_seconds": round(time.perf_counter() - start, 3),
-    }
-
-
-def probe_verdict(test_acc: float, baseline: dict) -> str:
-    """One plain line: did fine-tuning beat the exact probe on the test split?"""
-    gap = 100 * (test_acc - baseline["probe_test_acc"])
-    name = baseline["probe"]["name"]
-    if gap > 0:
-        return f"fine-tuning beat the exact probe on {name} by {gap:+.1f} points on test"
-    return (
-        f"fine-tuning did NOT beat the exact probe on {name} ({gap:+.1f} points on test): "
-        "the frozen probe is the better model here (a small-* recipe fits it in seconds)"
-    )

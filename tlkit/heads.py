@@ -19,11 +19,13 @@ from tlkit.errors import TlkitError
 
 __all__ = [
     "Classifier",
+    "FractionalMaxPool",
     "Head",
     "Standardize",
     "feature_moments",
     "feature_width",
     "pooled_features",
+    "use_fractional_pool",
 ]
 
 
@@ -108,6 +110,51 @@ class Head(nn.Sequential):
     def standardizer(self) -> Standardize | None:
         """The input standardisation layer, if the head has one."""
         return self[0] if isinstance(self[0], Standardize) else None
+
+
+class FractionalMaxPool(nn.Module):
+    """Fractional max pooling (Graham 2014, "Fractional Max-Pooling") of a feature map.
+
+    Overlapping 2x2 max pools on a pseudo-random grid shrink each side by ``ratio`` (default
+    1/sqrt(2), Graham's choice): in training the grid is drawn afresh for every image, a
+    regulariser; in evaluation it is the fixed middle grid, so predictions are deterministic.
+    A map with a side under 2 (a small input's last stage) passes through unchanged.
+
+    Args:
+        ratio: Output side / input side, in (0, 1).
+    """
+
+    def __init__(self, ratio: float = 2**-0.5) -> None:
+        super().__init__()
+        if not 0 < ratio < 1:
+            raise TlkitError(f"fractional max pooling ratio must be in (0, 1), got {ratio}")
+        self.ratio = ratio
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if min(x.shape[-2:]) < 2:
+            return x
+        samples = None
+        if not self.training:
+            samples = x.new_full((x.shape[0], x.shape[1], 2), 0.5)
+        return nn.functional.fractional_max_pool2d(
+            x, 2, output_ratio=(self.ratio, self.ratio), _random_samples=samples
+        )
+
+
+def use_fractional_pool(backbone: nn.Module, name: str = "the backbone") -> None:
+    """Put :class:`FractionalMaxPool` on ``backbone``'s last feature map, before its global
+    pooling (timm's ``global_pool``); the pooled width is unchanged.
+
+    Raises:
+        TlkitError: If the backbone has no ``global_pool`` over a feature map.
+    """
+    pool = getattr(backbone, "global_pool", None)
+    if not isinstance(pool, nn.Module) or isinstance(pool, nn.Identity):
+        raise TlkitError(
+            f"{name} has no global pooling of a feature map for fractional max pooling; "
+            "use `pool=avg` or a CNN backbone (EfficientNet, ResNet, ...)"
+        )
+    backbone.global_pool = nn.Sequential(FractionalMaxPool(), pool)
 
 
 def pooled_features(

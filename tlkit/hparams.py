@@ -10,10 +10,12 @@ from tlkit.optim import OPTIMIZERS
 from tlkit.schedules import SCHEDULES
 from tlkit.strategies import Strategy
 
-__all__ = ["SOLVERS", "check_settings", "check_strategy", "exact_applies"]
+__all__ = ["POOLS", "SOLVERS", "check_settings", "check_strategy", "exact_applies"]
 
 #: How the head is fitted: by the optimizer over epochs, or exactly (frozen linear heads).
 SOLVERS = ("epochs", "exact", "auto")
+#: How the last feature map is pooled: the backbone's own average, or fractional max first.
+POOLS = ("avg", "fmp")
 
 
 def check_settings(given: dict[str, Any]) -> None:
@@ -50,6 +52,9 @@ def _check_model(given: dict[str, Any]) -> None:
         raise TlkitError(f"label_smoothing must be in [0, 1), got {given['label_smoothing']}")
     if given["drop_path_rate"] is not None:
         check_number("drop_path_rate", given["drop_path_rate"], minimum=0, below=1)
+    check_type("pool", given["pool"], str, "avg or fmp")
+    if given["pool"] not in POOLS:
+        raise unknown_name("pool", given["pool"], POOLS)
 
 
 def _check_training(given: dict[str, Any]) -> None:
@@ -97,7 +102,9 @@ def exact_applies(strategy: Strategy, head_hidden: int) -> bool:
     return strategy.frozen_backbone and strategy.bn != "train" and not head_hidden
 
 
-def check_strategy(strategy: Strategy, optimizer: str, solver: str, head_hidden: int) -> None:
+def check_strategy(
+    strategy: Strategy, optimizer: str, solver: str, head_hidden: int, pool: str = "avg"
+) -> None:
     """Refuse the optimizer and solver settings ``strategy`` cannot serve.
 
     Raises:
@@ -107,6 +114,11 @@ def check_strategy(strategy: Strategy, optimizer: str, solver: str, head_hidden:
         raise TlkitError(
             "optimizer lbfgs trains a linear head on cached features: use it with strategy "
             "linear_probe or probe_stage"
+        )
+    if pool == "fmp" and strategy.feature_stage is not None:
+        raise TlkitError(
+            "fractional max pooling pools the last feature map: use `pool=fmp` with the top "
+            "features (no probe_stage stage)"
         )
     if solver == "exact" and not exact_applies(strategy, head_hidden):
         raise TlkitError(

@@ -31,6 +31,7 @@ from tlkit.heads import (
     feature_moments,
     feature_width,
     pooled_features,
+    use_fractional_pool,
 )
 from tlkit.hparams import SOLVERS, check_settings, check_strategy, exact_applies
 from tlkit.optim import build_optimizer, layer_param_groups
@@ -88,6 +89,9 @@ class TransferModule(L.LightningModule):
             epoch (geometric); each epoch fits the head to convergence on the full batch of
             cached features, and the best checkpoint by validation accuracy picks the strength.
         lbfgs_max_iter: L-BFGS iterations per epoch.
+        pool: How the backbone's last feature map is pooled: ``avg`` (the backbone's own global
+            pooling) or ``fmp`` (fractional max pooling first, Graham 2014: a regulariser while
+            the backbone trains; :class:`~tlkit.heads.FractionalMaxPool`).
         channels_last: Run the backbone in channels-last memory format (faster convolutions
             on some CPUs and on GPUs with bf16; measured in ``bench/precision.py``).
         solver: ``epochs`` (the optimizer, epoch by epoch), ``exact`` (a frozen backbone and a
@@ -123,16 +127,19 @@ class TransferModule(L.LightningModule):
         lbfgs_max_iter: int = 200,
         channels_last: bool = False,
         solver: str = "epochs",
+        pool: str = "avg",
     ) -> None:
         super().__init__()
         check_settings(locals())
         self.save_hyperparameters()
         self.strategy: Strategy = create_strategy(strategy, **(strategy_args or {}))
-        check_strategy(self.strategy, optimizer, solver, head_hidden)
+        check_strategy(self.strategy, optimizer, solver, head_hidden, pool)
         extra = {} if drop_path_rate is None else {"drop_path_rate": drop_path_rate}
         self.backbone = create_backbone(
             backbone, weights=weights, pretrained=pretrained, trust_weights=trust_weights, **extra
         )
+        if pool == "fmp":
+            use_fractional_pool(self.backbone, backbone)
         if channels_last:
             self.backbone = self.backbone.to(memory_format=torch.channels_last)
         self.weights_source = weights_source(backbone, weights, pretrained)

@@ -334,3 +334,44 @@ def test_lbfgs_trains_on_one_batch_of_cached_features_handed_to_the_data(make_sh
     assert seen.lbfgs_state == [0, 0, 0]  # each epoch solves its L2 strength afresh
     assert float(trainer.logged_metrics["l2"]) == pytest.approx(0.01)
     assert [module.l2_strength(e) for e in range(3)] == pytest.approx([1.0, 0.1, 0.01])
+
+
+def test_fractional_max_pooling_draws_its_grid_in_training_only():
+    from tlkit.heads import FractionalMaxPool
+
+    pool = FractionalMaxPool()
+    maps = torch.randn(2, 4, 5, 5)
+    assert pool(maps).shape == (2, 4, 3, 3)  # each side times 1/sqrt(2), rounded down
+    assert not torch.equal(pool(maps), pool(maps)), "a fresh pseudo-random grid per call"
+    pool.eval()
+    assert torch.equal(pool(maps), pool(maps))
+    one = torch.randn(2, 4, 1, 1)  # a small input's last map: nothing to pool
+    assert torch.equal(pool(one), one)
+
+
+def test_pool_fmp_trains_and_reloads_as_the_same_model(tmp_path):
+    L.seed_everything(0, verbose=False)
+    data = toy_data()
+    module = model(strategy="full", pool="fmp", lr=3e-3, optimizer="adamw",
+                   backbone="test_efficientnet")  # fmt: skip
+    images = torch.nn.functional.interpolate(data.tensors[0], size=160)  # a 5x5 last map
+    big = TensorDataset(images, data.tensors[1])
+    before = eval_loss(module, big)
+    fit(module, loader(big, shuffle=True), epochs=3)
+    assert eval_loss(module, big) < before
+    path = tmp_path / "fmp.ckpt"
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, path)
+    from tlkit.inference import load_checkpoint
+
+    loaded = load_checkpoint(path).model
+    assert isinstance(loaded.backbone.global_pool[0], type(module.backbone.global_pool[0]))
+    module.eval()
+    with torch.no_grad():
+        assert torch.allclose(loaded(images[:4]), module(images[:4]), atol=1e-5)
+
+
+def test_pool_fmp_refuses_stage_features_and_unknown_pools():
+    with pytest.raises(TlkitError, match="`pool=fmp` with the top features"):
+        model(strategy="probe_stage", pool="fmp")
+    with pytest.raises(TlkitError, match="unknown pool 'max'"):
+        model(pool="max")

@@ -18,6 +18,7 @@ from tlkit.cli.printing import print_baseline, print_exact_plan, print_plan, pri
 from tlkit.cli.run_dir import new_run_dir, resumable_run, writable_dir
 from tlkit.errors import ArgumentParser, TlkitError
 from tlkit.exact import ExactRun
+from tlkit.recipes import is_large_cell
 
 __all__ = ["finetune_command", "pretrain_command"]
 
@@ -246,14 +247,13 @@ def _trained(cli, run: _Run) -> int:
         if rank_zero():  # a resumed run must use the LR that was found
             config = cli.parser.dump(cli.config, skip_none=False)
             (run.run_dir / "config.yaml").write_text(config)
-    baseline = None
-    if run.resume_from is None and rank_zero():
-        from tlkit.exact import probe_baseline
+    floor = None  # the exact probe to beat: needs features a fresh backbone reproduces
+    pretrained = model.weights_source != "none"
+    if run.resume_from is None and rank_zero() and is_large_cell(run.recipe) and pretrained:
+        from tlkit.floor import probe_floor
 
-        exact = ExactRun(run.run_dir, run.recipe, run.opts.seed, run.decision, run.features)
-        baseline = probe_baseline(datamodule, exact, model)
-        if baseline is not None:
-            print_baseline(baseline)
+        floor = probe_floor(datamodule, model, run.decision, run.features, run.opts.seed)
+        print_baseline(floor.record())
     if rank_zero():
         print_plan(model, datamodule, run.recipe, run.run_dir, int(trainer.max_epochs or 1))
     start = time.perf_counter()
@@ -270,25 +270,27 @@ def _trained(cli, run: _Run) -> int:
                               last_val)  # fmt: skip
     if run.resume_from is not None:
         metrics["resumed_from"] = str(run.resume_from)
-    if baseline is not None and metrics.get("test_acc") is not None:
-        from tlkit.exact import probe_verdict
+    confusion = None
+    if floor is not None and metrics.get("test_acc") is not None and best:
+        from tlkit.floor import settle
 
-        metrics.update(baseline, probe_verdict=probe_verdict(metrics["test_acc"], baseline))
+        confusion = settle(floor, metrics, model, datamodule)
     if trainer.is_global_zero:
-        _write_run(run.run_dir, metrics, model, datamodule)
+        if confusion is None and model.last_test_confusion is not None:
+            confusion = model.last_test_confusion.tolist()
+        _write_run(run.run_dir, metrics, confusion, datamodule)
     return 0
 
 
-def _write_run(run_dir: Path, metrics: dict[str, Any], model, datamodule) -> None:
+def _write_run(run_dir: Path, metrics: dict[str, Any], confusion, datamodule) -> None:
     """metrics.json, the report and the results table of a run trained by epochs."""
     from tlkit.report import write_run_report
 
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    confusion = model.last_test_confusion
     write_run_report(
         run_dir,
         metrics,
-        confusion.tolist() if confusion is not None else None,
+        confusion,
         datamodule.class_names,
         sorted([*run_dir.glob("plots/lr_find.png"), *run_dir.rglob("augmentation-preview.png")]),
     )
