@@ -22,6 +22,7 @@ from PIL import Image
 __all__ = [
     "FAMILIES",
     "FIRST_REPORT_SEEDS",
+    "LARGE_FAMILIES",
     "REPORT_SEEDS",
     "TUNING_SEEDS",
     "Family",
@@ -58,6 +59,17 @@ FAMILIES: dict[str, Family] = {
         Family("digits10-20-64px", "digits", 10, 20, 0, 50, 64),
         Family("fashion10-50-64px", "fashion", 10, 50, 0, 50, 64),
         Family("digits6-10+10val-96px", "digits", 6, 10, 10, 50, 96),
+    )
+}
+
+
+#: Large tasks (at least 2,000 training images: the matrix's large cells), where the recipes
+#: fine-tune; bench/large.py. Same draws: tuning seeds and report seeds as above.
+LARGE_FAMILIES: dict[str, Family] = {
+    f.name: f
+    for f in (
+        Family("fashion10-200-32px", "fashion", 10, 200, 0, 100, 32),
+        Family("fashion5-400+50val-40px", "fashion", 5, 400, 50, 100, 40),
     )
 }
 

@@ -25,6 +25,7 @@ __all__ = [
     "feature_moments",
     "feature_width",
     "pooled_features",
+    "truncate",
     "use_fractional_pool",
 ]
 
@@ -139,6 +140,23 @@ class FractionalMaxPool(nn.Module):
         return nn.functional.fractional_max_pool2d(
             x, 2, output_ratio=(self.ratio, self.ratio), _random_samples=samples
         )
+
+
+def truncate(backbone: nn.Module, stage: int, name: str = "the backbone") -> None:
+    """Drop ``backbone``'s layers above feature ``stage`` (timm's ``prune_intermediate_layers``:
+    the later blocks, the final norm and head go), so that fine-tuning it up to that stage
+    computes and trains nothing else.
+
+    Raises:
+        TlkitError: If the backbone cannot be pruned or the stage is out of range.
+    """
+    feature_width(backbone, stage, name)  # the stage is in range
+    if not hasattr(backbone, "prune_intermediate_layers"):
+        raise TlkitError(
+            f"{name} cannot be cut at a stage (no prune_intermediate_layers); "
+            "fine-tune it whole (no `stage`) or pick a timm CNN/ViT"
+        )
+    backbone.prune_intermediate_layers([stage], prune_head=True, prune_norm=True)
 
 
 def use_fractional_pool(backbone: nn.Module, name: str = "the backbone") -> None:

@@ -31,6 +31,7 @@ from tlkit.heads import (
     feature_moments,
     feature_width,
     pooled_features,
+    truncate,
     use_fractional_pool,
 )
 from tlkit.hparams import SOLVERS, check_settings, check_strategy, exact_applies
@@ -138,6 +139,9 @@ class TransferModule(L.LightningModule):
         self.backbone = create_backbone(
             backbone, weights=weights, pretrained=pretrained, trust_weights=trust_weights, **extra
         )
+        stage = self.strategy.feature_stage
+        if not self.strategy.frozen_backbone and isinstance(stage, int):
+            truncate(self.backbone, stage, backbone)  # it fine-tunes up to that stage only
         if pool == "fmp":
             use_fractional_pool(self.backbone, backbone)
         if channels_last:

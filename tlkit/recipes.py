@@ -25,7 +25,7 @@ CELL_RECIPES = {
     ("large", "different"): "large-different",
 }
 #: Recipes whose strategy reads the probe stage advise measures (``strategy_args.stage``).
-STAGE_RECIPES = ("small-different",)
+STAGE_RECIPES = ("small-different", "large-different")
 
 
 def cell_recipe(size: str, similarity: str) -> str:

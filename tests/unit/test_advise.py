@@ -139,10 +139,15 @@ def test_next_command_and_large_cell_baseline() -> None:
         "probe": {"name": "top+blocks.4"},
         "expected_accuracy": {"estimate": 0.9, "low": 0.85, "high": 0.95},
     }
-    # the fine-tuning recipes take no probe stage; small-different's probe does
-    assert next_command(report, "DATA") == "tlkit finetune --recipe large-different --data DATA"
+    # the "different" recipes read the probe's stage: small-different's probe reads it,
+    # large-different fine-tunes up to it; large-similar (the top features) takes none
+    stage = "--model.strategy_args.stage '[\"top\", 3]'"
+    large = "tlkit finetune --recipe large-different --data DATA"
+    assert next_command(report, "DATA") == f"{large} {stage}"
     small = {**report, "recipe": "small-different", "cell": "small-different"}
-    assert next_command(small, "DATA").endswith("--model.strategy_args.stage '[\"top\", 3]'")
+    assert next_command(small, "DATA").endswith(stage)
+    similar = {**report, "recipe": "large-similar", "cell": "large-similar"}
+    assert next_command(similar, "DATA") == "tlkit finetune --recipe large-similar --data DATA"
     assert "top+blocks.4 is expected to score 0.900 (0.850-0.950)" in baseline_line(report)
     assert baseline_line({**report, "recipe": "small-different"}) is None
 
@@ -180,5 +185,7 @@ def test_the_plan_names_what_to_run() -> None:
         False,
     )
     large = plan_from({**report, "cell": "large-different", "recipe": "large-different"})
-    assert large.stage is None  # the large recipes' strategies read no probe stage
+    assert large.stage == 3  # fine-tuned up to the probe's stage
     assert large.probe_first
+    similar = plan_from({**report, "cell": "large-similar", "recipe": "large-similar"})
+    assert similar.stage is None  # the whole network: its strategy reads no stage

@@ -450,3 +450,38 @@ def test_unfrozen_groups_return_to_training_mode() -> None:
     assert recorder.modes[0][names[0]] is False
     assert recorder.modes[-1][names[0]] is True
     assert isinstance(top[0].bn1, nn.BatchNorm2d)
+
+
+@pytest.mark.parametrize("backbone", ["test_resnet", "test_efficientnet"])
+def test_full_with_a_stage_fine_tunes_up_to_that_stage_only(backbone, tmp_path):
+    whole = _module("full", backbone)
+    cut = _module("full", backbone, strategy_args={"stage": -2})
+    info = whole.backbone.feature_info
+    assert cut.head[-1].in_features == info[-2]["num_chs"]
+    assert sum(p.numel() for p in cut.backbone.parameters()) < sum(
+        p.numel() for p in whole.backbone.parameters()
+    )
+    before = _backbone_state(cut)
+    _fit(cut, 1)
+    after = _backbone_state(cut)
+    # every remaining layer trained: nothing above the stage is left to sit unused (DDP)
+    moved = {k.split(".")[0] for k in before if not torch.equal(before[k], after[k])}
+    groups = {name.split(".")[0] for group in cut.groups for name in group.params}
+    assert groups <= moved
+    path = tmp_path / "cut.ckpt"
+    torch.save({"state_dict": cut.state_dict(), "hyper_parameters": dict(cut.hparams)}, path)
+    from tlkit.inference import load_checkpoint
+
+    loaded = load_checkpoint(path).model
+    images = torch.randn(2, 3, SIZE, SIZE)
+    cut.eval()
+    with torch.no_grad():
+        assert torch.allclose(loaded(images), cut(images), atol=1e-6)
+
+
+def test_full_with_advise_s_joined_probe_keeps_the_whole_network():
+    joined = _module("full", "test_efficientnet", strategy_args={"stage": ["top", 1]})
+    assert joined.strategy.feature_stage is None
+    assert joined.head[-1].in_features == joined.backbone.num_features
+    with pytest.raises(TlkitError, match="full: stage takes one stage index"):
+        create_strategy("full", stage=[1, 2])

@@ -203,11 +203,27 @@ class Full(Strategy):
 
     Args:
         layer_decay: See :class:`Strategy`; 0.75 by default here.
+        stage: Fine-tune the network only up to this feature stage (an index as in
+            ``probe_stage``; the layers above it are dropped with timm's
+            ``prune_intermediate_layers``) and put the head on its pooled features: for data
+            whose best frozen features are an earlier stage's (``tlkit advise``'s probe).
+            ``None``, or advise's joined probe (a list with ``top``, e.g. ``[top, 3]``): the
+            whole network.
         **kwargs: See :class:`Strategy`.
     """
 
-    def __init__(self, layer_decay: float = 0.75, **kwargs: Any) -> None:
+    def __init__(
+        self, layer_decay: float = 0.75, stage: int | list[int | str] | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(layer_decay=layer_decay, **kwargs)
+        if isinstance(stage, (list, tuple)):
+            if "top" not in stage:
+                raise TlkitError(f"full: stage takes one stage index, got {list(stage)}")
+            self.stage, self.feature_stage = list(stage), None  # the top is read: all trains
+        elif stage is not None:
+            self.stage = self.feature_stage = _integer("full: stage", stage)
+        else:
+            self.stage = self.feature_stage = None
 
     def trainable(self, epoch: int, num_groups: int) -> list[bool]:
         return [True] * num_groups

@@ -1,0 +1,163 @@
+"""Held-out large tasks: what ``--recipe auto`` ships against the exact probe, and the large
+recipe as it was against today's, side by side.
+
+Each draw of each large family (bench/heldout_data.py, ``LARGE_FAMILIES``: at least 2,000
+training images) runs, each as its own process with a cold feature cache:
+
+* ``auto``: ``tlkit finetune --recipe auto`` with today's recipes. The run fits the exact probe
+  first, fine-tunes, and ships the better of the two on validation (``best.ckpt``); its
+  metrics.json holds the probe's test accuracy and, when the probe shipped, the fine-tuned one's.
+* ``old`` (``--old`` draws only, default the first): the cell's recipe with the settings it had
+  before (``OLD``: 20 epochs for large-different, 15 for large-similar, the whole network, fp32
+  in contiguous memory), the cell and probe as auto measured them.
+
+Reported per task: the probe's, the fine-tuned and the shipped test accuracy of each, fit
+seconds (in process) and whole-process wall seconds, and the old / new ratio of both.
+
+Run: python bench/large.py --draws report [--old 4]     (draws never tuned on)
+     python bench/large.py --draws tuning                (the draws the recipes were tuned on)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import write
+from heldout_data import LARGE_FAMILIES, REPORT_SEEDS, TUNING_SEEDS, build_task
+
+TLKIT = [str(Path(sys.executable).parent / "tlkit")]
+#: The large recipes' settings before this benchmark, as overrides of today's.
+OLD = {
+    "large-different": ["--epochs", "20", "--model.channels_last", "false",
+                        "--model.strategy_args.stage", "null"],
+    "large-similar": ["--epochs", "15", "--model.channels_last", "false"],
+}  # fmt: skip
+
+
+def _finetune(argv: list[str], out: Path, cache: Path) -> dict:
+    env = {**os.environ, "TLKIT_CACHE_DIR": str(cache), "PYTHONWARNINGS": "ignore"}
+    start = time.perf_counter()
+    done = subprocess.run([*TLKIT, "finetune", *argv, "--out", str(out)], capture_output=True,
+                          text=True, env=env, check=False)  # fmt: skip
+    wall = time.perf_counter() - start
+    if done.returncode != 0:
+        raise RuntimeError(f"tlkit finetune {' '.join(argv)} failed:\n{done.stderr[-2000:]}")
+    m = json.loads((out / "metrics.json").read_text())
+    return {
+        "recipe": m["recipe"],
+        "probe": m["probe"]["name"],
+        "shipped": m.get("shipped"),
+        "test_acc": m["test_acc"],
+        "finetuned_test_acc": m.get("finetuned_test_acc", m["test_acc"]),
+        "probe_test_acc": m["probe_test_acc"],
+        "epochs": m["epochs"],
+        "fit_seconds": m["fit_seconds"],
+        "wall_seconds": round(wall, 1),
+    }
+
+
+def run_task(task: Path, size: int, old: bool, work: Path) -> dict:
+    row: dict = {"task": task.name}
+    with tempfile.TemporaryDirectory(dir=work) as scratch:
+        common = ["--data", str(task), "--image-size", str(size)]
+        row["auto"] = _finetune(["--recipe", "auto", *common], Path(scratch) / "auto",
+                                Path(scratch) / "auto-cache")  # fmt: skip
+        if old:
+            recipe = row["auto"]["recipe"]
+            row["old"] = _finetune(["--recipe", recipe, *common, *OLD[recipe]],
+                                   Path(scratch) / "old", Path(scratch) / "old-cache")  # fmt: skip
+    return row
+
+
+def _pct(values: list[float]) -> str:
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{100 * statistics.mean(values):.1f} ± {100 * spread:.1f}"
+
+
+def _side_by_side(old: dict | None, new: dict, key: str) -> str:
+    if old is None:
+        return f"- / {new[key]:.0f}"
+    return f"{old[key]:.0f} / {new[key]:.0f} ({new[key] / old[key]:.2f}x)"
+
+
+def summarise(rows: list[dict], draws: str) -> str:
+    lines = [
+        f"Draws: **{draws}** ({'never tuned on' if draws == 'report' else 'used for tuning'}). "
+        "Test accuracy in %; `shipped` is what best.ckpt holds (the better on validation).",
+        "",
+        "| family | exact probe | auto fine-tuned | auto shipped | shipped - probe |",
+        "|---|---|---|---|---|",
+    ]
+    gaps = []
+    for family in sorted({r["family"] for r in rows}, key=list(LARGE_FAMILIES).index):
+        mine = [r["auto"] for r in rows if r["family"] == family]
+        gap = [a["test_acc"] - a["probe_test_acc"] for a in mine]
+        gaps += gap
+        lines.append(
+            f"| {family} | {_pct([a['probe_test_acc'] for a in mine])} | "
+            f"{_pct([a['finetuned_test_acc'] for a in mine])} | "
+            f"{_pct([a['test_acc'] for a in mine])} | {_pct(gap)} |"
+        )
+    lines += ["", f"Mean over tasks of shipped - probe: **{100 * statistics.mean(gaps):+.1f}** "
+              f"points (worst {100 * min(gaps):+.1f}).", ""]  # fmt: skip
+    lines += [
+        "| task | recipe (probe) | probe | old fine-tuned | new fine-tuned | shipped | "
+        "fit s old / new | wall s old / new |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        a, o = r["auto"], r.get("old")
+        old_acc = f"{100 * o['finetuned_test_acc']:.1f}" if o else "-"
+        fit, wall = (_side_by_side(o, a, key) for key in ("fit_seconds", "wall_seconds"))
+        lines.append(
+            f"| {r['task']} | {a['recipe']} ({a['probe']}) | {100 * a['probe_test_acc']:.1f} | "
+            f"{old_acc} | {100 * a['finetuned_test_acc']:.1f} | {100 * a['test_acc']:.1f} "
+            f"({a['shipped']}) | {fit} | {wall} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--draws", choices=("report", "tuning"), default="report")
+    parser.add_argument("--families", nargs="*", default=list(LARGE_FAMILIES))
+    parser.add_argument("--old", nargs="*", type=int, default=None,
+                        help="seeds that also run the old recipe (default: the first)")  # fmt: skip
+    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "large")
+    parser.add_argument("--report-only", action="store_true")
+    opts = parser.parse_args()
+    seeds = REPORT_SEEDS if opts.draws == "report" else TUNING_SEEDS
+    old = set(seeds[:1] if opts.old is None else opts.old)
+    opts.work.mkdir(parents=True, exist_ok=True)
+    runs = opts.work / f"large-{opts.draws}.jsonl"
+    rows = [json.loads(line) for line in runs.read_text().splitlines()] if runs.exists() else []
+    done = {(r["family"], r["seed"]) for r in rows}
+    for name in [] if opts.report_only else opts.families:
+        for seed in seeds:
+            if (name, seed) in done:
+                continue
+            family = LARGE_FAMILIES[name]
+            task = build_task(opts.work / "tasks", family, seed)
+            row = {"family": name, "seed": seed,
+                   **run_task(task, family.image_size, seed in old, opts.work)}  # fmt: skip
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            with runs.open("a") as handle:
+                handle.write(json.dumps(row) + "\n")
+    write(f"Large held-out tasks ({opts.draws} draws)", summarise(rows, opts.draws),
+          {"draws": opts.draws, "rows": rows})  # fmt: skip
+    results = Path(__file__).resolve().parent / "results"
+    for suffix in (".md", ".json"):
+        (results / f"large{suffix}").replace(results / f"large-{opts.draws}{suffix}")
+
+
+if __name__ == "__main__":
+    main()
