@@ -10,6 +10,8 @@ from common import RESULTS, machine
 ORDER = [
     "heldout-report",
     "heldout-report-first",
+    "large-report",
+    "large-tuning",
     "probe_wall",
     "heldout_rules",
     "overhead",
@@ -20,6 +22,7 @@ ORDER = [
     "precision",
     "ensemble",
     "options",
+    "fmp",
     "quadrants",
     "gpu",
 ]

@@ -26,9 +26,11 @@ def timm_state_dict(loaded: LoadedModel) -> dict[str, torch.Tensor]:
     Only a linear head on the final features maps onto timm's classifier.
     """
     model = loaded.model
-    if model.hparams.head_hidden or model.strategy.feature_stage is not None:
+    fmp = model.hparams.get("pool", "avg") == "fmp"
+    if model.hparams.head_hidden or model.strategy.feature_stage is not None or fmp:
         raise TlkitError(
-            "this model's head (hidden layer or earlier-stage features) has no timm equivalent; "
+            "this model's head (hidden layer, earlier-stage features or fractional max pooling) "
+            "has no timm equivalent; "
             "export it with `format=onnx` or `format=torchscript`"
         )
     classifier = model.backbone.pretrained_cfg.get("classifier")

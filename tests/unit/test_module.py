@@ -375,3 +375,12 @@ def test_pool_fmp_refuses_stage_features_and_unknown_pools():
         model(strategy="probe_stage", pool="fmp")
     with pytest.raises(TlkitError, match="unknown pool 'max'"):
         model(pool="max")
+
+
+def test_a_fmp_model_refuses_a_timm_export_that_would_drop_its_pooling():
+    from tlkit.export import timm_state_dict
+    from tlkit.inference import LoadedModel
+
+    loaded = LoadedModel(model(pool="fmp", backbone="test_efficientnet"), None, ["a"] * 3, 32, {})
+    with pytest.raises(TlkitError, match="fractional max pooling"):
+        timm_state_dict(loaded)
