@@ -26,7 +26,7 @@ def timm_state_dict(loaded: LoadedModel) -> dict[str, torch.Tensor]:
     Only a linear head on the final features maps onto timm's classifier.
     """
     model = loaded.model
-    fmp = model.hparams.get("pool", "avg") == "fmp"
+    fmp = model.hparams.pool == "fmp"
     if model.hparams.head_hidden or model.strategy.feature_stage is not None or fmp:
         raise TlkitError(
             "this model's head (hidden layer, earlier-stage features or fractional max pooling) "
