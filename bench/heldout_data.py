@@ -70,6 +70,7 @@ LARGE_FAMILIES: dict[str, Family] = {
     for f in (
         Family("fashion10-200-32px", "fashion", 10, 200, 0, 100, 32),
         Family("fashion5-400+50val-40px", "fashion", 5, 400, 50, 100, 40),
+        Family("fashion10-400-64px", "fashion", 10, 400, 0, 100, 64),
     )
 }
 

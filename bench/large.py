@@ -32,6 +32,8 @@ from common import write
 from heldout import HERE, _run
 from heldout_data import LARGE_FAMILIES, REPORT_SEEDS, TUNING_SEEDS, build_task
 
+from tlkit.floor import ship
+
 TLKIT = [str(Path(sys.executable).parent / "tlkit")]
 #: The reading of the report draws' figures (written by hand from them), appended to them.
 FINDINGS = Path(__file__).resolve().parent / "large_findings.md"
@@ -53,6 +55,12 @@ def _finetune(argv: list[str], out: Path, cache: Path) -> dict:
         "test_acc": m["test_acc"],
         "finetuned_test_acc": m.get("finetuned_test_acc", m["test_acc"]),
         "probe_test_acc": m["probe_test_acc"],
+        "val_acc": m["val_acc"],
+        "finetuned_val_acc": m.get("finetuned_val_acc", m["val_acc"]),
+        "probe_val_acc": m.get("probe_val_acc"),
+        "ensemble_val_acc": m.get("ensemble_val_acc"),
+        "ensemble_test_acc": m.get("ensemble_test_acc"),
+        "val_count": m.get("num_val"),
         "epochs": m["epochs"],
         "fit_seconds": m["fit_seconds"],
         "wall_seconds": round(wall, 1),
@@ -81,6 +89,12 @@ def run_task(task: Path, size: int, old: bool, work: Path) -> dict:
     return row
 
 
+def _with_val(a: dict, test: str, val: str) -> str:
+    if a.get(test) is None:
+        return "-"
+    return f"{100 * a[test]:.1f}" + (f" ({100 * a[val]:.1f})" if a.get(val) is not None else "")
+
+
 def _pct(values: list[float]) -> str:
     spread = statistics.stdev(values) if len(values) > 1 else 0.0
     return f"{100 * statistics.mean(values):.1f} ± {100 * spread:.1f}"
@@ -92,14 +106,62 @@ def _side_by_side(old: dict | None, new: dict, key: str) -> str:
     return f"{old[key]:.0f} / {new[key]:.0f} ({new[key] / old[key]:.2f}x)"
 
 
+def _ensembles(runs: list[dict]) -> str:
+    values = [a["ensemble_test_acc"] for a in runs if a.get("ensemble_test_acc") is not None]
+    return _pct(values) if len(values) == len(runs) else "-"
+
+
+def _shipped(a: dict) -> str:
+    return f"{100 * a['test_acc']:.1f} ({a['shipped']})"
+
+
+#: Ways to choose the shipped model from the three validation accuracies, replayed on the
+#: recorded runs: each returns ``probe``, ``finetuned`` or ``ensemble``.
+RULES = {
+    "probe only": lambda a: "probe",
+    "fine-tuned only": lambda a: "finetuned",
+    "ensemble only": lambda a: "ensemble",
+    "best on validation, ties to the simpler": lambda a: strict_rule(a),
+    "tlkit (floor.ship): ensemble unless a member beats it by more than the noise": lambda a: ship(
+        a["finetuned_val_acc"], a["probe_val_acc"], a["ensemble_val_acc"], a["val_count"]
+    ),
+}
+
+
+def strict_rule(a: dict) -> str:
+    tuned, probe, mean = a["finetuned_val_acc"], a["probe_val_acc"], a["ensemble_val_acc"]
+    if mean > max(tuned, probe):
+        return "ensemble"
+    return "finetuned" if tuned > probe else "probe"
+
+
+def rules_table(rows: list[dict]) -> list[str]:
+    """What each selection rule would have shipped on these runs: test accuracy minus the
+    probe's, mean ± std over tasks, and how often it picked each model."""
+    runs = [r["auto"] for r in rows if r["auto"].get("ensemble_val_acc") is not None]
+    if not runs or any("val_count" not in a for a in runs):
+        return []
+    test = {"probe": "probe_test_acc", "finetuned": "finetuned_test_acc",
+            "ensemble": "ensemble_test_acc"}  # fmt: skip
+    lines = ["| rule | shipped - probe (points) | worst | picks (probe / fine-tuned / ensemble) |",
+             "|---|---|---|---|"]  # fmt: skip
+    for name, rule in RULES.items():
+        picks = [rule(a) for a in runs]
+        gain = [a[test[p]] - a["probe_test_acc"] for a, p in zip(runs, picks, strict=True)]
+        counts = " / ".join(str(picks.count(k)) for k in test)
+        lines.append(f"| {name} | {_pct(gain)} | {100 * min(gain):+.1f} | {counts} |")
+    return [f"Selection rules replayed on these {len(runs)} runs (each from the same three "
+            "validation accuracies):", "", *lines, ""]  # fmt: skip
+
+
 def summarise(rows: list[dict], draws: str) -> str:
     lines = [
         f"Draws: **{draws}** ({'never tuned on' if draws == 'report' else 'used for tuning'}). "
         "Test accuracy in %; `shipped` is what best.ckpt holds (the better on validation).",
         "",
-        "| family | sklearn probe | exact probe | auto fine-tuned | auto shipped | "
+        "| family | sklearn probe | exact probe | auto fine-tuned | ensemble | auto shipped | "
         "shipped - probe | shipped - sklearn |",
-        "|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|",
     ]
     gaps, by_hand = [], []
     for family in sorted({r["family"] for r in rows}, key=list(LARGE_FAMILIES).index):
@@ -111,7 +173,7 @@ def summarise(rows: list[dict], draws: str) -> str:
         by_hand += versus
         lines.append(
             f"| {family} | {_pct(sklearn)} | {_pct([a['probe_test_acc'] for a in mine])} | "
-            f"{_pct([a['finetuned_test_acc'] for a in mine])} | "
+            f"{_pct([a['finetuned_test_acc'] for a in mine])} | {_ensembles(mine)} | "
             f"{_pct([a['test_acc'] for a in mine])} | {_pct(gap)} | {_pct(versus)} |"
         )
     lines += ["", f"Mean over tasks of shipped - probe: **{100 * statistics.mean(gaps):+.1f}** "
@@ -119,6 +181,7 @@ def summarise(rows: list[dict], draws: str) -> str:
               f"LogisticRegressionCV probe (bench/sklearn_probe.py, the top features): "
               f"**{100 * statistics.mean(by_hand):+.1f}** (worst {100 * min(by_hand):+.1f}).",
               ""]  # fmt: skip
+    lines += rules_table(rows)
     paired = [r for r in rows if "old" in r]
     if paired:
         diff = [r["auto"]["finetuned_test_acc"] - r["old"]["finetuned_test_acc"] for r in paired]
@@ -134,18 +197,23 @@ def summarise(rows: list[dict], draws: str) -> str:
             "",
         ]
     lines += [
-        "| task | recipe (probe) | probe | old fine-tuned | new fine-tuned | shipped | "
+        "Per task: test accuracy % (validation accuracy % in brackets: what chose the shipped "
+        "model).",
+        "",
+        "| task | recipe (probe) | probe | old fine-tuned | new fine-tuned | ensemble | shipped | "
         "fit s old / new | wall s old / new |",
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         a, o = r["auto"], r.get("old")
         old_acc = f"{100 * o['finetuned_test_acc']:.1f}" if o else "-"
         fit, wall = (_side_by_side(o, a, key) for key in ("fit_seconds", "wall_seconds"))
         lines.append(
-            f"| {r['task']} | {a['recipe']} ({a['probe']}) | {100 * a['probe_test_acc']:.1f} | "
-            f"{old_acc} | {100 * a['finetuned_test_acc']:.1f} | {100 * a['test_acc']:.1f} "
-            f"({a['shipped']}) | {fit} | {wall} |"
+            f"| {r['task']} | {a['recipe']} ({a['probe']}) | "
+            f"{_with_val(a, 'probe_test_acc', 'probe_val_acc')} | {old_acc} | "
+            f"{_with_val(a, 'finetuned_test_acc', 'finetuned_val_acc')} | "
+            f"{_with_val(a, 'ensemble_test_acc', 'ensemble_val_acc')} | {_shipped(a)} | "
+            f"{fit} | {wall} |"
         )
     return "\n".join(lines)
 

@@ -12,6 +12,7 @@ from safetensors.torch import save_file
 from tlkit.errors import TlkitError
 from tlkit.heads import Classifier
 from tlkit.inference import LoadedModel
+from tlkit.probe_ensemble import ProbeEnsemble
 from tlkit.utils import atomic_path
 
 __all__ = ["FORMATS", "export", "timm_state_dict"]
@@ -26,6 +27,11 @@ def timm_state_dict(loaded: LoadedModel) -> dict[str, torch.Tensor]:
     Only a linear head on the final features maps onto timm's classifier.
     """
     model = loaded.model
+    if isinstance(model, ProbeEnsemble):
+        raise TlkitError(
+            "this model is an ensemble of a fine-tuned network and a probe, which no single "
+            "timm model holds; export it with `format=onnx` or `format=torchscript`"
+        )
     fmp = model.hparams.pool == "fmp"
     if model.hparams.head_hidden or model.strategy.feature_stage is not None or fmp:
         raise TlkitError(

@@ -4,14 +4,18 @@ A large-cell run fine-tunes, but the frozen exact probe (:mod:`tlkit.probe`) tak
 is sometimes the better model. :func:`probe_floor` fits it before fine-tuning (on the features
 ``tlkit advise`` measured, or on one measurement of its own): once on the training split alone,
 scored on validation, and once on every labelled image, scored on test. After fine-tuning,
-:func:`settle` compares the two models on validation, the only split both were selected on
-without seeing test: when fine-tuning does not beat the probe there, ``best.ckpt`` becomes a
-checkpoint of the probe (the pretrained backbone and the solved head, read by ``tlkit predict``
-like any other) and the fine-tuned one is kept beside it as ``finetuned.ckpt``.
+:func:`settle` compares three models on validation, the only split all were selected on
+without seeing test: the probe, the fine-tuned model and their ensemble (the mean of the two
+members' class probabilities): the ensemble ships as ``best.ckpt`` unless a member beats it
+there by more than the noise (:func:`ship`). ``best.ckpt`` is a checkpoint ``tlkit predict``
+reads like any other: the probe is the pretrained backbone with the solved head, the ensemble
+(:class:`~tlkit.probe_ensemble.ProbeEnsemble`) holds both members; when it is not the
+fine-tuned model, that one is kept beside it as ``finetuned.ckpt``.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +25,7 @@ import torch
 
 from tlkit.probe import Probe, fit_probe, rescale_l2
 
-__all__ = ["ProbeFloor", "probe_floor", "settle"]
+__all__ = ["ProbeFloor", "probe_floor", "settle", "ship"]
 
 #: Where the fine-tuned model's best checkpoint goes when the probe takes ``best.ckpt``.
 FINETUNED_NAME = "finetuned.ckpt"
@@ -39,6 +43,8 @@ class ProbeFloor:
         test_probs: Class probabilities of ``fitted`` on the test split.
         test_labels: Test labels.
         seconds: Time to fit it (features included when measured here).
+        val_probs: Class probabilities on val of the probe fitted on train alone.
+        val_labels: Validation labels, in the datamodule's order.
     """
 
     probe: dict[str, Any]
@@ -48,6 +54,8 @@ class ProbeFloor:
     test_probs: torch.Tensor
     test_labels: torch.Tensor
     seconds: float
+    val_probs: torch.Tensor | None = None
+    val_labels: torch.Tensor | None = None
 
     @property
     def test_acc(self) -> float:
@@ -101,76 +109,176 @@ def probe_floor(datamodule, model, decision=None, features=None, seed: int = 42)
     x = torch.cat([split["train"][0], split["val"][0]])
     y = torch.cat([split["train"][1], split["val"][1]])
     fitted = fit_probe(x, y, rescale_l2(probe["l2"], measured, len(y)), classes)
-    val_acc = None
+    val_acc = val_probs = None
     if len(split["val"][1]):
         train_x, train_y = split["train"]
         on_train = fit_probe(train_x, train_y, rescale_l2(probe["l2"], measured, len(train_y)),
                              classes)  # fmt: skip
         val_acc = on_train.accuracy(*split["val"])
+        with torch.no_grad():
+            val_probs = on_train.logits(split["val"][0]).softmax(-1).float()
     test_x, test_y = split["test"]
     with torch.no_grad():
         probs = fitted.logits(test_x).softmax(-1) if len(test_y) else torch.zeros(0, classes)
     return ProbeFloor(probe, stages, fitted, val_acc, probs.float(), torch.as_tensor(test_y),
-                      time.perf_counter() - start)  # fmt: skip
+                      time.perf_counter() - start, val_probs,
+                      torch.as_tensor(split["val"][1]))  # fmt: skip
+
+
+def _probabilities(model, loader) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class probabilities of ``model`` over ``loader`` (in its order) and the labels."""
+    probs, labels = [], []
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for images, targets in loader:
+            probs.append(model(images.to(model.device)).softmax(-1).float().cpu())
+            labels.append(targets.cpu())
+    model.train(was_training)
+    return torch.cat(probs), torch.cat(labels)
+
+
+def _accuracy(probs: torch.Tensor, labels: torch.Tensor) -> float:
+    return float((probs.argmax(-1) == labels).float().mean())
+
+
+def _ensemble(floor: ProbeFloor, model, datamodule) -> dict[str, Any] | None:
+    """Validation and test probabilities of the probe + fine-tuned ensemble, or ``None`` when
+    the splits cannot be paired (no validation split, or a different order of images)."""
+    if floor.val_probs is None or floor.val_labels is None or not len(floor.test_labels):
+        return None
+    tuned_val, val_labels = _probabilities(model, datamodule.val_dataloader())
+    tuned_test, test_labels = _probabilities(model, datamodule.test_dataloader())
+    paired = torch.equal(val_labels, floor.val_labels.cpu()) and torch.equal(
+        test_labels, floor.test_labels.cpu()
+    )
+    if not paired:
+        return None
+    val = (tuned_val + floor.val_probs) / 2
+    test = (tuned_test + floor.test_probs) / 2
+    return {"val_acc": _accuracy(val, val_labels), "test_probs": test,
+            "test_acc": _accuracy(test, test_labels)}  # fmt: skip
 
 
 def settle(floor: ProbeFloor, metrics: dict[str, Any], model, datamodule) -> list | None:
-    """Ship the better of the fine-tuned model and the probe; update ``metrics`` to say which.
+    """Ship the best of the probe, the fine-tuned model and their ensemble on validation;
+    update ``metrics`` to say which.
 
-    Fine-tuning ships when its best validation accuracy is above the probe's (fitted on train
-    alone); otherwise the probe does: ``best.ckpt`` is rewritten as the probe's checkpoint, the
-    fine-tuned one moved to ``finetuned.ckpt``, and the test metrics become the probe's. Without
-    a validation split the fine-tuned model ships.
+    :func:`ship` decides from the validation accuracies of the three (the probe fitted on train
+    alone; the fine-tuned model at its best epoch). When it is not the fine-tuned model,
+    ``best.ckpt`` is rewritten as the winner's checkpoint, the fine-tuned one moved to
+    ``finetuned.ckpt``, and the test metrics become the winner's. Without a validation split
+    the fine-tuned model ships.
 
     Args:
         floor: From :func:`probe_floor`.
         metrics: The fine-tuned run's metrics.json record (``val_acc``, ``test_acc``,
             ``best_checkpoint``); updated in place.
-        model: The fine-tuned module (for its backbone settings).
+        model: The fine-tuned module, holding its best checkpoint's weights.
         datamodule: The run's datamodule (class names, checkpoint hyperparameters).
 
     Returns:
-        The probe's test confusion matrix when the probe ships, else ``None``.
+        The winner's test confusion matrix when it is not the fine-tuned model, else ``None``.
     """
     metrics.update(floor.record())
-    name = floor.probe["name"]
     tuned_val, probe_val = metrics.get("val_acc"), floor.val_acc
-    gap = 100 * (metrics["test_acc"] - floor.test_acc)
-    on_test = f"{gap:+.1f} points on test"
-    if probe_val is None or tuned_val is None or tuned_val > probe_val:
-        metrics["shipped"] = "finetuned"
-        why = "" if probe_val is None or tuned_val is None else (
-            f"{100 * tuned_val:.1f} % vs {100 * probe_val:.1f} % on validation, "
-        )  # fmt: skip
-        metrics["probe_verdict"] = (
-            f"fine-tuning beat the exact probe on {name} ({why}{on_test}): best.ckpt is the "
-            "fine-tuned model"
-        )
+    if probe_val is None or tuned_val is None:
+        metrics.update(shipped="finetuned", probe_verdict=_verdict(floor, metrics, "finetuned"))
+        return None
+    ensemble = _ensemble(floor, model, datamodule)
+    if ensemble is not None:
+        metrics.update(ensemble_val_acc=ensemble["val_acc"], ensemble_test_acc=ensemble["test_acc"])
+    mean = None if ensemble is None else ensemble["val_acc"]
+    count = 0 if floor.val_labels is None else len(floor.val_labels)
+    winner = ship(tuned_val, probe_val, mean, count)
+    if winner == "finetuned":
+        metrics.update(shipped=winner, probe_verdict=_verdict(floor, metrics, winner))
         return None
     best = Path(metrics["best_checkpoint"])
     tuned = best.with_name(FINETUNED_NAME)
     best.replace(tuned)
-    _write_probe_checkpoint(floor, model, datamodule, best)
+    if winner == "ensemble":
+        _write_ensemble_checkpoint(floor, model, datamodule, best)
+        probs, val_acc = ensemble["test_probs"], ensemble["val_acc"]
+    else:
+        _write_probe_checkpoint(floor, model, datamodule, best)
+        probs, val_acc = floor.test_probs, probe_val
     from tlkit.report import evaluation_metrics
 
-    result = evaluation_metrics(floor.test_probs, floor.test_labels, datamodule.class_names)
-    metrics.update(
-        finetuned_test_acc=metrics["test_acc"],
-        finetuned_val_acc=tuned_val,
-        finetuned_checkpoint=str(tuned),
-        test_acc=result["acc"],
-        test_f1=result["f1"],
-        val_acc=probe_val,
-        shipped="probe",
-    )
+    result = evaluation_metrics(probs, floor.test_labels, datamodule.class_names)
+    metrics.update(finetuned_test_acc=metrics["test_acc"], finetuned_val_acc=tuned_val,
+                   finetuned_checkpoint=str(tuned), shipped=winner)  # fmt: skip
+    metrics["probe_verdict"] = _verdict(floor, metrics, winner)
+    metrics.update(test_acc=result["acc"], test_f1=result["f1"], val_acc=val_acc)
     if "top5" in result:
         metrics["test_top5"] = result["top5"]
-    metrics["probe_verdict"] = (
+    return result["confusion_matrix"]
+
+
+def ship(tuned_val: float, probe_val: float, ensemble_val: float | None, val_count: int) -> str:
+    """Which model ships, from validation accuracies on ``val_count`` images.
+
+    The noise is one binomial standard error of the better member's accuracy. When fine-tuning
+    falls below the probe by more than that, the probe ships (the floor). Otherwise the
+    ensemble ships unless the better member beats it by more than the noise: the fine-tuned
+    member's figure is the best of its epochs, picked on this same split, so it reads high,
+    and an average of two models whose errors differ seldom tests below the better one
+    (measured in ``bench/large.py``). Failing that, the better member; ties go to the probe,
+    the simpler model.
+    """
+    best = max(tuned_val, probe_val)
+    noise = math.sqrt(best * (1.0 - best) / val_count) if val_count else 0.0
+    if tuned_val < probe_val - noise:
+        return "probe"
+    if ensemble_val is not None and ensemble_val >= best - noise:
+        return "ensemble"
+    return "finetuned" if tuned_val > probe_val else "probe"
+
+
+def _verdict(floor: ProbeFloor, metrics: dict[str, Any], winner: str) -> str:
+    """The run's one-line account of what ships and why (before the test metrics change)."""
+    name = floor.probe["name"]
+    tuned_val, probe_val = metrics.get("val_acc"), floor.val_acc
+    on_test = f"{100 * (metrics['test_acc'] - floor.test_acc):+.1f} points on test"
+    if winner == "finetuned":
+        why = "" if probe_val is None or tuned_val is None else (
+            f"{100 * tuned_val:.1f} % vs {100 * probe_val:.1f} % on validation, "
+        )  # fmt: skip
+        return (f"fine-tuning beat the exact probe on {name} ({why}{on_test}): best.ckpt is "
+                "the fine-tuned model")  # fmt: skip
+    if winner == "ensemble":
+        mean = metrics["ensemble_val_acc"]
+        return (
+            f"the ensemble of the fine-tuned model and the exact probe on {name} is within the "
+            f"noise of both or above them on validation ({100 * mean:.1f} % vs "
+            f"{100 * tuned_val:.1f} % fine-tuned, {100 * probe_val:.1f} % probe): best.ckpt "
+            f"is the ensemble, the fine-tuned model is {FINETUNED_NAME}"
+        )
+    return (
         f"fine-tuning did NOT beat the exact probe on {name} on validation "
         f"({100 * tuned_val:.1f} % vs {100 * probe_val:.1f} %; {on_test}): best.ckpt is the "
         f"probe, the fine-tuned model is {FINETUNED_NAME}"
     )
-    return result["confusion_matrix"]
+
+
+def _probe_spec(floor: ProbeFloor) -> dict[str, Any]:
+    """The probe's strategy and settings as a frozen-backbone TransferModule."""
+    if floor.stages == (None,):
+        return {"strategy": "linear_probe", "strategy_args": {"bn": "frozen_eval"}}
+    args = {"stage": floor.probe["stage"], "standardize": True, "bn": "frozen_eval"}
+    return {"strategy": "probe_stage", "strategy_args": args}
+
+
+def _write_ensemble_checkpoint(floor: ProbeFloor, model, datamodule, path: Path) -> None:
+    """The fine-tuned model with the probe as its ``probe_partner`` at ``path``."""
+    from tlkit.exact import install_probe, write_checkpoint
+    from tlkit.probe_ensemble import ProbeEnsemble
+
+    ensemble = ProbeEnsemble(_probe_spec(floor), **dict(model.hparams))
+    missing, unexpected = ensemble.load_state_dict(model.state_dict(), strict=False)
+    assert not unexpected and all(k.startswith("probe_partner.") for k in missing)
+    install_probe(ensemble.probe_partner.head, floor.fitted)
+    write_checkpoint(ensemble, datamodule, path)
 
 
 def _write_probe_checkpoint(floor: ProbeFloor, model, datamodule, path: Path) -> None:
@@ -179,19 +287,15 @@ def _write_probe_checkpoint(floor: ProbeFloor, model, datamodule, path: Path) ->
     from tlkit.module import TransferModule
 
     hp = model.hparams
-    if floor.stages == (None,):
-        strategy, args = "linear_probe", {"bn": "frozen_eval"}
-    else:
-        args = {"stage": floor.probe["stage"], "standardize": True, "bn": "frozen_eval"}
-        strategy = "probe_stage"
+    spec = _probe_spec(floor)
     probe_model = TransferModule(
         num_classes=hp.num_classes,
         backbone=hp.backbone,
         weights=hp.weights,
         pretrained=hp.pretrained,
         trust_weights=hp.trust_weights,
-        strategy=strategy,
-        strategy_args=args,
+        strategy=spec["strategy"],
+        strategy_args=spec["strategy_args"],
         class_names=hp.class_names,
         solver="exact",
     )

@@ -25,6 +25,7 @@ from tlkit.data.images import load_image
 from tlkit.data.sources import Item
 from tlkit.errors import TlkitError
 from tlkit.module import TransferModule
+from tlkit.probe_ensemble import ProbeEnsemble, is_ensemble
 from tlkit.transforms import PipelineSpec, data_config_for, eval_transform
 
 __all__ = [
@@ -73,10 +74,13 @@ def load_checkpoint(path: str | os.PathLike, trust: bool = False) -> LoadedModel
     hparams = dict(checkpoint.get("hyper_parameters") or {})
     if "num_classes" not in hparams:
         raise TlkitError(f"{path} was not written by tlkit (no num_classes in hyper_parameters)")
-    accepted = inspect.signature(TransferModule.__init__).parameters
+    accepted = set(inspect.signature(TransferModule.__init__).parameters)
+    cls = ProbeEnsemble if is_ensemble(hparams) else TransferModule
+    if cls is ProbeEnsemble:
+        accepted.add("probe_partner")
     hparams = {k: v for k, v in hparams.items() if k in accepted}
     hparams.update(pretrained=False, weights=None)
-    model = TransferModule(**hparams)
+    model = cls(**hparams)
     try:
         model.load_state_dict(checkpoint["state_dict"])
     except RuntimeError as err:

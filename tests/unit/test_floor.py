@@ -11,10 +11,10 @@ import torch
 from helpers import write_shapes
 
 from tlkit.cli import main
+from tlkit.errors import TlkitError
 from tlkit.inference import ensemble_probabilities, load_checkpoint
 
 pytestmark = pytest.mark.usefixtures("isolated_cwd")
-
 
 
 @pytest.fixture
@@ -80,3 +80,70 @@ def test_when_fine_tuning_wins_on_validation_nothing_is_swapped(tmp_path):
     assert metrics["shipped"] == "finetuned" and metrics["test_acc"] == 0.8
     assert "75.0 % vs 50.0 % on validation" in metrics["probe_verdict"]
     assert best.read_bytes() == b"fine-tuned" and not (tmp_path / "finetuned.ckpt").exists()
+
+
+def test_an_ensemble_that_beats_both_members_on_validation_ships_and_predicts_as_reported(
+    tmp_path, tiny
+):
+    from tlkit.data import TransferDataModule
+    from tlkit.floor import _probabilities, probe_floor, settle
+    from tlkit.module import TransferModule
+
+    data = tmp_path / "data"
+    write_shapes(data / "train", per_class=16, seed=0)
+    write_shapes(data / "test", per_class=6, seed=1)
+    backbone, weights = tiny[1], tiny[3]
+    dm = TransferDataModule(str(data), backbone=backbone, image_size=32, augment="none",
+                            cache_features=False)  # fmt: skip
+    dm.setup("fit")
+    dm.setup("test")
+    model = TransferModule(dm.num_classes, backbone, weights=weights, strategy="full",
+                           class_names=dm.class_names)  # fmt: skip
+    floor = probe_floor(dm, model)
+    tuned, labels = _probabilities(model, dm.val_dataloader())  # an untrained head: near chance
+    assert torch.equal(labels, floor.val_labels)
+    # A probe that is sure where the fine-tuned model errs and leans (barely) the wrong way
+    # where it is right: each member alone loses to their mean on validation.
+    right = tuned.argmax(-1) == labels
+    wrong_class = (labels + 1) % dm.num_classes
+    flat = torch.full_like(tuned, 1.0 / dm.num_classes)
+    flat[torch.arange(len(labels)), wrong_class] += 1e-4
+    floor.val_probs = torch.where(right[:, None], flat, torch.eye(dm.num_classes)[labels])
+    floor.val_acc = float((~right).float().mean())
+    best = tmp_path / "best.ckpt"
+    from tlkit.exact import write_checkpoint
+
+    write_checkpoint(model, dm, best)
+    test_probs, _ = _probabilities(model, dm.test_dataloader())
+    test_acc = float((test_probs.argmax(-1) == floor.test_labels).float().mean())
+    # The fine-tuned model's reported validation score ties the probe's (no floor verdict).
+    metrics = {"val_acc": floor.val_acc, "test_acc": test_acc,
+               "best_checkpoint": str(best)}  # fmt: skip
+    settle(floor, metrics, model, dm)
+    assert metrics["shipped"] == "ensemble", metrics["probe_verdict"]
+    assert metrics["val_acc"] == 1.0 and metrics["finetuned_test_acc"] == test_acc
+    assert "best.ckpt is the ensemble" in metrics["probe_verdict"]
+    loaded = load_checkpoint(best).model
+    assert loaded.probe_partner is not None and loaded.probe_partner.hparams.solver == "exact"
+    # What predict reads is the mean of both members, and it scores what the run reported.
+    assert _test_accuracy(best, data / "test") == pytest.approx(metrics["test_acc"], abs=1e-6)
+    mean = (test_probs + floor.test_probs) / 2
+    expected = float((mean.argmax(-1) == floor.test_labels).float().mean())
+    assert metrics["test_acc"] == pytest.approx(expected)
+    assert _test_accuracy(tmp_path / "finetuned.ckpt", data / "test") == pytest.approx(test_acc)
+    with pytest.raises(TlkitError, match="start from its fine-tuned member"):
+        loaded.on_fit_start()
+
+
+def test_ship_keeps_the_floor_and_prefers_the_ensemble_within_the_noise():
+    from tlkit.floor import ship
+
+    # 400 validation images at 85 %: one binomial standard error is 1.8 points.
+    assert ship(0.80, 0.85, 0.86, 400) == "probe"  # fine-tuning clearly below the probe
+    assert ship(0.855, 0.84, 0.842, 400) == "ensemble"  # 1.3 below the best: inside the noise
+    assert ship(0.855, 0.84, 0.83, 400) == "finetuned"  # 2.5 below: the better member
+    assert ship(0.84, 0.855, 0.83, 400) == "probe"
+    assert ship(0.855, 0.84, None, 400) == "finetuned"
+    assert ship(0.85, 0.85, None, 400) == "probe"  # a tie goes to the simpler model
+    # More validation images, less noise: the same 1.3-point shortfall is now too much.
+    assert ship(0.855, 0.84, 0.842, 4000) == "finetuned"

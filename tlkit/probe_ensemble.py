@@ -1,0 +1,76 @@
+"""A fine-tuned model averaged with the frozen exact probe: what a large-cell run ships when
+the pair beats both members on validation (:mod:`tlkit.floor`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from tlkit.errors import TlkitError
+from tlkit.module import TransferModule
+
+__all__ = ["ProbeEnsemble", "is_ensemble"]
+
+PROBE_STRATEGIES = ("linear_probe", "probe_stage")
+
+
+class ProbeEnsemble(TransferModule):
+    """A :class:`~tlkit.module.TransferModule` whose class probabilities are averaged with
+    those of a frozen probe on the same backbone's pretrained weights.
+
+    It is a finished model, assembled after fine-tuning, never trained: ``fit`` refuses it.
+    ``forward`` returns the log of the members' mean probabilities, so its softmax (what
+    ``tlkit predict`` and the test metrics read) is that mean.
+
+    Args:
+        probe_partner: The probe as ``{"strategy": "linear_probe" | "probe_stage",
+            "strategy_args": {...}}``; it reads the pretrained backbone (``weights`` /
+            ``pretrained``) and a head solved exactly (``solver: exact``).
+        **settings: The fine-tuned model's :class:`~tlkit.module.TransferModule` settings.
+    """
+
+    def __init__(self, probe_partner: dict[str, Any], **settings: Any) -> None:
+        if not isinstance(probe_partner, dict) or probe_partner.get("strategy") not in (
+            PROBE_STRATEGIES
+        ):
+            raise TlkitError(
+                f"probe_partner must be a mapping with strategy linear_probe or probe_stage, "
+                f"got {probe_partner!r}; pass the probe of a large-cell run"
+            )
+        super().__init__(**settings)
+        self.probe_partner = _frozen_probe(self.hparams, probe_partner)
+
+    def on_fit_start(self) -> None:
+        raise TlkitError(
+            "this model averages a fine-tuned network with a probe, an ensemble assembled after "
+            "fine-tuning; to train, start from its fine-tuned member (finetuned.ckpt)"
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The log of the two members' mean class probabilities for images ``(N, C, H, W)``."""
+        if x.ndim == 2:
+            raise TlkitError("an ensemble with a probe reads images, not cached features")
+        mean = (self.head(self.encode(x)).softmax(-1) + self.probe_partner(x).softmax(-1)) / 2
+        return mean.clamp_min(torch.finfo(mean.dtype).tiny).log()
+
+
+def _frozen_probe(settings, spec: dict[str, Any]) -> TransferModule:
+    """The probe member. Built in this function, not in ``__init__`` itself: this frame ends
+    Lightning's walk up the constructor frames, so the probe records its own hyperparameters."""
+    return TransferModule(
+        num_classes=settings["num_classes"],
+        backbone=settings["backbone"],
+        weights=settings["weights"],
+        pretrained=settings["pretrained"],
+        trust_weights=settings["trust_weights"],
+        strategy=spec["strategy"],
+        strategy_args=spec.get("strategy_args"),
+        class_names=settings["class_names"],
+        solver="exact",
+    )
+
+
+def is_ensemble(hparams: dict[str, Any]) -> bool:
+    """True for the hyperparameters of a :class:`ProbeEnsemble` checkpoint."""
+    return hparams.get("probe_partner") is not None
