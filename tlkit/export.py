@@ -101,7 +101,10 @@ def export(loaded: LoadedModel, out: str | Path, fmt: str = "safetensors") -> li
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     module = loaded.model.eval()
-    model = Classifier(module.backbone, module.head, module.strategy.feature_stage).eval()
+    if isinstance(module, ProbeEnsemble):
+        model = module.plain().eval()
+    else:
+        model = Classifier(module.backbone, module.head, module.strategy.feature_stage).eval()
     example = _example(loaded)
     with torch.inference_mode():
         reference = model(example)

@@ -15,6 +15,7 @@ fine-tuned model, that one is kept beside it as ``finetuned.ckpt``.
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
 from dataclasses import dataclass
@@ -274,7 +275,9 @@ def _write_ensemble_checkpoint(floor: ProbeFloor, model, datamodule, path: Path)
     from tlkit.exact import install_probe, write_checkpoint
     from tlkit.probe_ensemble import ProbeEnsemble
 
-    ensemble = ProbeEnsemble(_probe_spec(floor), **dict(model.hparams))
+    accepted = inspect.signature(type(model).__init__).parameters
+    settings = {k: v for k, v in model.hparams.items() if k in accepted}
+    ensemble = ProbeEnsemble(_probe_spec(floor), **settings)
     missing, unexpected = ensemble.load_state_dict(model.state_dict(), strict=False)
     assert not unexpected and all(k.startswith("probe_partner.") for k in missing)
     install_probe(ensemble.probe_partner.head, floor.fitted)

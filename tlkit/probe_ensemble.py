@@ -6,11 +6,13 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from torch import nn
 
 from tlkit.errors import TlkitError
+from tlkit.heads import Classifier
 from tlkit.module import TransferModule
 
-__all__ = ["ProbeEnsemble", "is_ensemble"]
+__all__ = ["MeanOfTwo", "ProbeEnsemble", "is_ensemble", "log_mean_probabilities"]
 
 PROBE_STRATEGIES = ("linear_probe", "probe_stage")
 
@@ -51,8 +53,32 @@ class ProbeEnsemble(TransferModule):
         """The log of the two members' mean class probabilities for images ``(N, C, H, W)``."""
         if x.ndim == 2:
             raise TlkitError("an ensemble with a probe reads images, not cached features")
-        mean = (self.head(self.encode(x)).softmax(-1) + self.probe_partner(x).softmax(-1)) / 2
-        return mean.clamp_min(torch.finfo(mean.dtype).tiny).log()
+        return log_mean_probabilities(self.head(self.encode(x)), self.probe_partner(x))
+
+    def plain(self) -> nn.Module:
+        """The ensemble as one plain ``images -> log mean probabilities`` module (export)."""
+        partner = self.probe_partner
+        return MeanOfTwo(
+            Classifier(self.backbone, self.head, self.strategy.feature_stage),
+            Classifier(partner.backbone, partner.head, partner.strategy.feature_stage),
+        )
+
+
+class MeanOfTwo(nn.Module):
+    """Two ``images -> logits`` modules as one: the log of their mean class probabilities."""
+
+    def __init__(self, first: nn.Module, second: nn.Module) -> None:
+        super().__init__()
+        self.first, self.second = first, second
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return log_mean_probabilities(self.first(images), self.second(images))
+
+
+def log_mean_probabilities(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    """``log((softmax(first) + softmax(second)) / 2)``, finite where a probability underflows."""
+    mean = (first.softmax(-1) + second.softmax(-1)) / 2
+    return mean.clamp_min(torch.finfo(mean.dtype).tiny).log()
 
 
 def _frozen_probe(settings, spec: dict[str, Any]) -> TransferModule:

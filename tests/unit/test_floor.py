@@ -99,6 +99,8 @@ def test_an_ensemble_that_beats_both_members_on_validation_ships_and_predicts_as
     dm.setup("test")
     model = TransferModule(dm.num_classes, backbone, weights=weights, strategy="full",
                            class_names=dm.class_names)  # fmt: skip
+    # Lightning's CLI records how it built the model among its hyperparameters.
+    model.hparams["_instantiator"] = "lightning.pytorch.cli.instantiate_module"
     floor = probe_floor(dm, model)
     tuned, labels = _probabilities(model, dm.val_dataloader())  # an untrained head: near chance
     assert torch.equal(labels, floor.val_labels)
@@ -133,6 +135,17 @@ def test_an_ensemble_that_beats_both_members_on_validation_ships_and_predicts_as
     assert _test_accuracy(tmp_path / "finetuned.ckpt", data / "test") == pytest.approx(test_acc)
     with pytest.raises(TlkitError, match="start from its fine-tuned member"):
         loaded.on_fit_start()
+    # It exports as one TorchScript model (both members); timm has no model that holds it.
+    from tlkit.export import export
+
+    ensemble = load_checkpoint(best)
+    with pytest.raises(TlkitError, match="format=onnx"):
+        export(ensemble, tmp_path / "timm", "safetensors")
+    export(ensemble, tmp_path / "scripted", "torchscript")
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        scripted = torch.jit.load(str(tmp_path / "scripted.pt"))(x)
+        assert torch.allclose(scripted, ensemble.model(x), atol=1e-4)
 
 
 def test_ship_keeps_the_floor_and_prefers_the_ensemble_within_the_noise():
