@@ -11,6 +11,7 @@ ORDER = [
     "heldout-report",
     "heldout-report-first",
     "large-report",
+    "large-report-first",
     "large-tuning-runs",
     "large-tuning",
     "probe_wall",
