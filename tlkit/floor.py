@@ -287,20 +287,8 @@ def _write_ensemble_checkpoint(floor: ProbeFloor, model, datamodule, path: Path)
 def _write_probe_checkpoint(floor: ProbeFloor, model, datamodule, path: Path) -> None:
     """The probe as a frozen-backbone module (pretrained weights, solved head) at ``path``."""
     from tlkit.exact import install_probe, write_checkpoint
-    from tlkit.module import TransferModule
+    from tlkit.probe_ensemble import frozen_probe
 
-    hp = model.hparams
-    spec = _probe_spec(floor)
-    probe_model = TransferModule(
-        num_classes=hp.num_classes,
-        backbone=hp.backbone,
-        weights=hp.weights,
-        pretrained=hp.pretrained,
-        trust_weights=hp.trust_weights,
-        strategy=spec["strategy"],
-        strategy_args=spec["strategy_args"],
-        class_names=hp.class_names,
-        solver="exact",
-    )
+    probe_model = frozen_probe(model.hparams, _probe_spec(floor))
     install_probe(probe_model.head, floor.fitted)
     write_checkpoint(probe_model, datamodule, path)

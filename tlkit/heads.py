@@ -24,6 +24,7 @@ __all__ = [
     "Standardize",
     "feature_moments",
     "feature_width",
+    "log_mean_probabilities",
     "pooled_features",
     "truncate",
     "use_fractional_pool",
@@ -241,6 +242,13 @@ def feature_moments(
             total_sq += features.pow(2).sum(0)
             count += features.shape[0]
     return total, total_sq, count
+
+
+def log_mean_probabilities(*logits: torch.Tensor) -> torch.Tensor:
+    """The log of the mean of ``softmax(z)`` over ``logits`` (an ensemble's or a test-time
+    augmentation's output: its softmax is that mean), finite where a probability underflows."""
+    mean = torch.stack([z.float().softmax(dim=-1) for z in logits]).mean(dim=0)
+    return mean.clamp_min(torch.finfo(mean.dtype).tiny).log()
 
 
 class Classifier(nn.Module):

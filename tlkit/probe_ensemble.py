@@ -9,10 +9,10 @@ import torch
 from torch import nn
 
 from tlkit.errors import TlkitError
-from tlkit.heads import Classifier
+from tlkit.heads import Classifier, log_mean_probabilities
 from tlkit.module import TransferModule
 
-__all__ = ["MeanOfTwo", "ProbeEnsemble", "is_ensemble", "log_mean_probabilities"]
+__all__ = ["MeanOfTwo", "ProbeEnsemble", "frozen_probe", "is_ensemble"]
 
 PROBE_STRATEGIES = ("linear_probe", "probe_stage")
 
@@ -41,7 +41,7 @@ class ProbeEnsemble(TransferModule):
                 f"got {probe_partner!r}; pass the probe of a large-cell run"
             )
         super().__init__(**settings)
-        self.probe_partner = _frozen_probe(self.hparams, probe_partner)
+        self.probe_partner = frozen_probe(self.hparams, probe_partner)
 
     def on_fit_start(self) -> None:
         raise TlkitError(
@@ -75,15 +75,11 @@ class MeanOfTwo(nn.Module):
         return log_mean_probabilities(self.first(images), self.second(images))
 
 
-def log_mean_probabilities(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
-    """``log((softmax(first) + softmax(second)) / 2)``, finite where a probability underflows."""
-    mean = (first.softmax(-1) + second.softmax(-1)) / 2
-    return mean.clamp_min(torch.finfo(mean.dtype).tiny).log()
-
-
-def _frozen_probe(settings, spec: dict[str, Any]) -> TransferModule:
-    """The probe member. Built in this function, not in ``__init__`` itself: this frame ends
-    Lightning's walk up the constructor frames, so the probe records its own hyperparameters."""
+def frozen_probe(settings, spec: dict[str, Any]) -> TransferModule:
+    """A frozen probe on the pretrained backbone of ``settings`` (a TransferModule's
+    hyperparameters), its head to be solved exactly; ``spec`` as ``probe_partner``. Built in
+    this function, not in ``ProbeEnsemble.__init__`` itself: this frame ends Lightning's walk up
+    the constructor frames, so the probe records its own hyperparameters."""
     return TransferModule(
         num_classes=settings["num_classes"],
         backbone=settings["backbone"],

@@ -10,6 +10,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from tlkit.errors import TlkitError, unknown_name
+from tlkit.heads import log_mean_probabilities
 
 __all__ = ["FlipTTA", "flip_averaged_logits"]
 
@@ -35,8 +36,7 @@ def flip_averaged_logits(
     views = [images, images.flip(-1)]
     if vertical:
         views.append(images.flip(-2))
-    probs = torch.stack([forward(v).float().softmax(dim=-1) for v in views])
-    return probs.mean(dim=0).clamp_min(1e-12).log()
+    return log_mean_probabilities(*(forward(v) for v in views))
 
 
 class FlipTTA(Callback):
