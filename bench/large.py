@@ -18,7 +18,8 @@ fit seconds (in process) and whole-process wall seconds, and the old / new ratio
 what other ways of choosing among the three would have shipped on the same runs.
 
 Run: python bench/large.py --draws report [--old 4]     (draws never tuned on)
-     python bench/large.py --draws tuning --old          (the draws the rules were tuned on)
+     python bench/large.py --draws tuning --old          (the draws the rules were tuned on;
+                                                          a bare --old runs no old recipe)
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from tlkit.floor import ship
 
 TLKIT = [str(Path(sys.executable).parent / "tlkit")]
 #: The reading of the report draws' figures (written by hand from them), appended to them.
-FINDINGS = Path(__file__).resolve().parent / "large_findings.md"
+FINDINGS = HERE / "large_findings.md"
 TUNING_FINDINGS = HERE / "large_tuning_findings.md"
 #: The large recipes' settings before this benchmark, as overrides of today's.
 OLD = {
@@ -118,24 +119,24 @@ def _shipped(a: dict) -> str:
     return f"{100 * a['test_acc']:.1f} ({a['shipped']})"
 
 
+def strict_rule(a: dict) -> str:
+    tuned, probe, mean = a["finetuned_val_acc"], a["probe_val_acc"], a["ensemble_val_acc"]
+    if mean > max(tuned, probe):
+        return "ensemble"
+    return "finetuned" if tuned > probe else "probe"
+
+
 #: Ways to choose the shipped model from the three validation accuracies, replayed on the
 #: recorded runs: each returns ``probe``, ``finetuned`` or ``ensemble``.
 RULES = {
     "probe only": lambda a: "probe",
     "fine-tuned only": lambda a: "finetuned",
     "ensemble only": lambda a: "ensemble",
-    "best on validation, ties to the simpler": lambda a: strict_rule(a),
+    "best on validation, ties to the simpler": strict_rule,
     "tlkit (floor.ship): ensemble unless a member beats it by more than the noise": lambda a: ship(
         a["finetuned_val_acc"], a["probe_val_acc"], a["ensemble_val_acc"], a["val_count"]
     ),
 }
-
-
-def strict_rule(a: dict) -> str:
-    tuned, probe, mean = a["finetuned_val_acc"], a["probe_val_acc"], a["ensemble_val_acc"]
-    if mean > max(tuned, probe):
-        return "ensemble"
-    return "finetuned" if tuned > probe else "probe"
 
 
 def rules_table(rows: list[dict]) -> list[str]:
