@@ -14,6 +14,8 @@ ORDER = [
     "large-report-first",
     "large-tuning-runs",
     "large-tuning",
+    "large-variants-report",
+    "large-variants-tuning",
     "probe_wall",
     "heldout_rules",
     "overhead",

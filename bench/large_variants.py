@@ -1,0 +1,243 @@
+"""Held-out large tasks: cheap variants of what ``--recipe auto`` ships, scored on its own runs.
+
+The large cells ship the ensemble of the fine-tuned network and the exact probe
+(:func:`tlkit.floor.ship`). Two ways to make it stronger cost no training: average in each
+image's mirror image (flip test-time augmentation, :class:`tlkit.callbacks.FlipTTA`), and add
+probes on other stages as further members (the candidates ``tlkit advise`` measured; their
+features are already computed). This bench measures both.
+
+Each draw of each large family runs ``tlkit finetune --recipe auto`` as its own process (as
+bench/large.py does) and keeps the run. Then, on the run's own validation and test splits:
+
+* the fine-tuned network (``finetuned.ckpt``, or ``best.ckpt`` when it shipped alone);
+* a probe on each candidate's features (advise's L2 strength; fitted on train alone for the
+  validation figures, on train and validation for test, as :func:`tlkit.floor.probe_floor`
+  fits the chosen one, so the chosen probe is the run's own floor);
+* the chosen probe as a network (pretrained backbone, solved head), to score mirror images.
+
+Reported: gain over the chosen probe on test for each variant, mean ± std over the runs, and
+how often each variant tests and validates above and below the shipped pair (the fine-tuned
+network + the chosen probe).
+
+Run: python bench/large_variants.py --draws tuning   (draws the choice is made on)
+     python bench/large_variants.py --draws report   (draws never tuned on)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from common import write
+from heldout import HERE, _run
+from heldout_data import LARGE_FAMILIES, REPORT_SEEDS, TUNING_SEEDS, build_task
+
+from tlkit.advise import feature_stages, measure
+from tlkit.data import TransferDataModule
+from tlkit.exact import install_probe
+from tlkit.inference import load_checkpoint
+from tlkit.probe import fit_probe, rescale_l2
+from tlkit.probe_ensemble import frozen_probe
+
+TLKIT = [str(Path(sys.executable).parent / "tlkit")]
+PAIR = "fine-tuned + probe (shipped pair)"
+#: The reading of the report draws' figures (written by hand from them), appended to them.
+FINDINGS = HERE / "large_variants_findings.md"
+
+
+def _flat(stage) -> str:
+    return "top" if stage is None else str(stage)
+
+
+def _outputs(forward, loader) -> dict[str, torch.Tensor]:
+    """Class probabilities of ``forward`` on each image and on its mirror image."""
+    plain, mirror = [], []
+    with torch.no_grad():
+        for images, _ in loader:
+            plain.append(forward(images).softmax(-1).float())
+            mirror.append(forward(images.flip(-1)).softmax(-1).float())
+    return {"plain": torch.cat(plain), "mirror": torch.cat(mirror)}
+
+
+def _probe_network(hparams, candidate: dict, fitted) -> torch.nn.Module:
+    """The chosen probe as a frozen network (pretrained backbone, solved head)."""
+    if candidate["stage"] is None:
+        spec = {"strategy": "linear_probe", "strategy_args": {"bn": "frozen_eval"}}
+    else:
+        spec = {"strategy": "probe_stage", "strategy_args": {
+            "stage": candidate["stage"], "standardize": True, "bn": "frozen_eval"}}  # fmt: skip
+    settings = {**dict(hparams), "pretrained": True, "weights": None}
+    network = frozen_probe(settings, spec)
+    with torch.no_grad():
+        install_probe(network.head, fitted)
+    return network.eval()
+
+
+def _fit(x: torch.Tensor, y: torch.Tensor, l2: float, measured: int, classes: int):
+    """A probe at advise's strength ``l2`` (chosen on ``measured`` images), rescaled to ``y``."""
+    return fit_probe(x, y, rescale_l2(l2, measured, len(y)), classes)
+
+
+def _member(probs: dict[str, torch.Tensor], member) -> torch.Tensor:
+    """One member's probabilities; a tuple of outputs is one member, their mean."""
+    if isinstance(member, tuple):
+        return sum(probs[p] for p in member) / len(member)
+    return probs[member]
+
+
+def score(run: Path, cache: Path) -> dict:
+    """Member probabilities on the run's splits, then the accuracy of each variant."""
+    checkpoints = run / "checkpoints"
+    best = load_checkpoint(checkpoints / "best.ckpt")
+    tuned_path = checkpoints / "finetuned.ckpt"
+    tuned = load_checkpoint(tuned_path).model if tuned_path.exists() else best.model
+    data = best.checkpoint["datamodule_hyper_parameters"]
+    settings = {k: v for k, v in data.items() if not k.startswith("_")}  # _instantiator: the CLI's
+    dm = TransferDataModule(**{**settings, "cache_features": False, "num_workers": 0})
+    os.environ["TLKIT_CACHE_DIR"] = str(cache)  # the run's own feature cache
+    hp = tuned.hparams
+    decision, features = measure(str(dm.hparams.data), backbone=hp.backbone, seed=42,
+                                 with_test=True, datamodule=dm)  # fmt: skip
+    dm.setup("fit")
+    dm.setup("test")
+    loaders = {"val": dm.val_dataloader(), "test": dm.test_dataloader()}
+    labels = {s: features.labels(s) for s in loaders}
+    probs: dict[str, dict[str, torch.Tensor]] = {s: {} for s in loaders}
+    for split, loader in loaders.items():
+        out = _outputs(tuned, loader)
+        probs[split]["ft"], probs[split]["ft mirror"] = out["plain"], out["mirror"]
+    measured = decision["evidence"]["images_measured"]
+    chosen = decision["probe"]["name"]
+    for candidate in decision["evidence"]["candidates"]:
+        stages = feature_stages(candidate["stage"])
+        x = {s: features.select(s, stages) for s in ("train", "val", "test")}
+        y = {s: features.labels(s) for s in ("train", "val", "test")}
+        both_x, both_y = torch.cat([x["train"], x["val"]]), torch.cat([y["train"], y["val"]])
+        fits = {
+            "val": _fit(x["train"], y["train"], candidate["l2"], measured, dm.num_classes),
+            "test": _fit(both_x, both_y, candidate["l2"], measured, dm.num_classes),
+        }
+        for split, fitted in fits.items():
+            with torch.no_grad():
+                probs[split][candidate["name"]] = fitted.logits(x[split]).softmax(-1).float()
+            if candidate["name"] == chosen:
+                mirrored = _outputs(_probe_network(hp, candidate, fitted), loaders[split])
+                probs[split]["probe mirror"] = mirrored["mirror"]
+    others = [c["name"] for c in decision["evidence"]["candidates"] if c["name"] != chosen]
+    variants = {
+        "fine-tuned": ["ft"],
+        "fine-tuned, flip TTA": ["ft", "ft mirror"],
+        "probe": [chosen],
+        "probe, flip TTA": [chosen, "probe mirror"],
+        PAIR: ["ft", chosen],
+        "pair, flip TTA on both": ["ft", "ft mirror", chosen, "probe mirror"],
+        "pair, flip TTA on the fine-tuned member": [("ft", "ft mirror"), chosen],
+        "pair + probe on blocks.6": ["ft", chosen, "blocks.6"],
+        "pair + probe on the top": ["ft", chosen, "top"],
+        "pair + probe on top+blocks.4": ["ft", chosen, "top+blocks.4"],
+        "pair + probe on blocks.2": ["ft", chosen, "blocks.2"],
+        "pair + every other probe": ["ft", chosen, *others],
+        "fine-tuned x2 + probe + probe on blocks.6": ["ft", "ft", chosen, "blocks.6"],
+    }
+    row: dict = {"probe": chosen, "shipped": json.loads((run / "metrics.json").read_text())[
+        "shipped"]}  # fmt: skip
+    for split in loaders:
+        acc = {}
+        for name, members in variants.items():
+            if any(isinstance(m, str) and m not in probs[split] for m in members):
+                continue  # a candidate this run's measurement did not have
+            if members.count(chosen) > 1:
+                continue  # the extra probe is the chosen one
+            total = sum(_member(probs[split], m) for m in members)
+            acc[name] = float((total.argmax(-1) == labels[split]).float().mean())
+        row[split] = acc
+    return row
+
+
+def _pct(values: list[float]) -> str:
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{100 * statistics.mean(values):+.1f} ± {100 * spread:.1f}"
+
+
+def summarise(rows: list[dict], draws: str) -> str:
+    names = list(rows[0]["test"])
+    lines = [
+        f"Draws: **{draws}** ({'never tuned on' if draws == 'report' else 'used for tuning'}), "
+        f"{len(rows)} runs of `tlkit finetune --recipe auto`. Gain over the chosen probe on "
+        "test, points (mean ± std over runs, worst); in how many runs each variant scores above "
+        "and below the shipped pair (fine-tuned + probe) on test and on validation.",
+        "",
+        "| variant | test - probe | worst | above / below the pair, test | validation |",
+        "|---|---|---|---|---|",
+    ]
+    for name in names:
+        runs = [r for r in rows if name in r["test"]]
+        gain = [r["test"][name] - r["test"]["probe"] for r in runs]
+        counts = []
+        for split in ("test", "val"):
+            d = [r[split][name] - r[split][PAIR] for r in runs]
+            counts.append(f"{sum(x > 0 for x in d)} / {sum(x < 0 for x in d)}")
+        lines.append(f"| {name} | {_pct(gain)} | {100 * min(gain):+.1f} | {counts[0]} | "
+                     f"{counts[1]} |")  # fmt: skip
+    lines += ["", "Per task: test accuracy % (validation in brackets) of the main variants.", ""]
+    main = ["fine-tuned", "probe", PAIR, "pair, flip TTA on both",
+            "pair + probe on blocks.6", "pair + every other probe"]  # fmt: skip
+    lines += ["| task | probe | shipped | " + " | ".join(main) + " |",
+              "|---|---|---|" + "---|" * len(main)]  # fmt: skip
+    for r in rows:
+        cells = [f"{100 * r['test'][v]:.1f} ({100 * r['val'][v]:.1f})" if v in r["test"] else "-"
+                 for v in main]  # fmt: skip
+        lines.append(f"| {r['task']} | {r['probe']} | {r['shipped']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--draws", choices=("report", "tuning"), default="tuning")
+    parser.add_argument("--families", nargs="*", default=list(LARGE_FAMILIES))
+    parser.add_argument("--work", type=Path,
+                        default=Path(tempfile.gettempdir()) / "large-variants")  # fmt: skip
+    opts = parser.parse_args()
+    seeds = REPORT_SEEDS if opts.draws == "report" else TUNING_SEEDS
+    opts.work.mkdir(parents=True, exist_ok=True)
+    log = opts.work / f"variants-{opts.draws}.jsonl"
+    rows = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    done = {r["task"] for r in rows}
+    for name in opts.families:
+        family = LARGE_FAMILIES[name]
+        for seed in seeds:
+            task = build_task(opts.work / "tasks", family, seed)
+            if task.name in done:
+                continue
+            run, cache = opts.work / "runs" / task.name, opts.work / "cache" / task.name
+            if not (run / "metrics.json").exists():
+                shutil.rmtree(run, ignore_errors=True)  # an interrupted run starts again
+                _run([*TLKIT, "finetune", "--recipe", "auto", "--data", str(task),
+                      "--image-size", str(family.image_size), "--out", str(run)],
+                     cache)  # fmt: skip
+            row = {"task": task.name, "family": name, "seed": seed, **score(run, cache)}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            with log.open("a") as handle:
+                handle.write(json.dumps(row) + "\n")
+    text = summarise(rows, opts.draws)
+    if opts.draws == "report" and FINDINGS.exists():
+        text += "\n\n" + FINDINGS.read_text().strip()
+    write(f"Cheap variants of the shipped model on large held-out tasks ({opts.draws} draws)",
+          text, {"draws": opts.draws, "rows": rows})  # fmt: skip
+    results = HERE / "results"
+    for suffix in (".md", ".json"):
+        (results / f"large_variants{suffix}").replace(
+            results / f"large-variants-{opts.draws}{suffix}"
+        )
+
+
+if __name__ == "__main__":
+    main()
