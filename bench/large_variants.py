@@ -172,7 +172,8 @@ def summarise(rows: list[dict], draws: str) -> str:
         f"Draws: **{draws}** ({'never tuned on' if draws == 'report' else 'used for tuning'}), "
         f"{len(rows)} runs of `tlkit finetune --recipe auto`. Gain over the chosen probe on "
         "test, points (mean ± std over runs, worst); in how many runs each variant scores above "
-        "and below the shipped pair (fine-tuned + probe) on test and on validation.",
+        "and below the shipped pair (fine-tuned + probe) on test and on validation. A row "
+        "whose extra probe is the one the run chose skips that run.",
         "",
         "| variant | test - probe | worst | above / below the pair, test | validation |",
         "|---|---|---|---|---|",
@@ -227,6 +228,7 @@ def main() -> None:
             print(json.dumps(row), flush=True)
             with log.open("a") as handle:
                 handle.write(json.dumps(row) + "\n")
+    rows.sort(key=lambda r: (list(LARGE_FAMILIES).index(r["family"]), r["seed"]))
     text = summarise(rows, opts.draws)
     if opts.draws == "report" and FINDINGS.exists():
         text += "\n\n" + FINDINGS.read_text().strip()
