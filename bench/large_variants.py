@@ -52,18 +52,15 @@ PAIR = "fine-tuned + probe (shipped pair)"
 FINDINGS = HERE / "large_variants_findings.md"
 
 
-def _flat(stage) -> str:
-    return "top" if stage is None else str(stage)
-
-
 def _outputs(forward, loader) -> dict[str, torch.Tensor]:
     """Class probabilities of ``forward`` on each image and on its mirror image."""
-    plain, mirror = [], []
+    plain, mirror, labels = [], [], []
     with torch.no_grad():
-        for images, _ in loader:
+        for images, targets in loader:
             plain.append(forward(images).softmax(-1).float())
             mirror.append(forward(images.flip(-1)).softmax(-1).float())
-    return {"plain": torch.cat(plain), "mirror": torch.cat(mirror)}
+            labels.append(targets)
+    return {"plain": torch.cat(plain), "mirror": torch.cat(mirror), "labels": torch.cat(labels)}
 
 
 def _probe_network(hparams, candidate: dict, fitted) -> torch.nn.Module:
@@ -112,6 +109,8 @@ def score(run: Path, cache: Path) -> dict:
     probs: dict[str, dict[str, torch.Tensor]] = {s: {} for s in loaders}
     for split, loader in loaders.items():
         out = _outputs(tuned, loader)
+        if not torch.equal(out["labels"], labels[split]):
+            raise RuntimeError(f"{run}: the {split} images and advise's features differ in order")
         probs[split]["ft"], probs[split]["ft mirror"] = out["plain"], out["mirror"]
     measured = decision["evidence"]["images_measured"]
     chosen = decision["probe"]["name"]
