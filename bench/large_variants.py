@@ -41,10 +41,9 @@ from heldout_data import LARGE_FAMILIES, REPORT_SEEDS, TUNING_SEEDS, build_task
 
 from tlkit.advise import feature_stages, measure
 from tlkit.data import TransferDataModule
-from tlkit.exact import install_probe
+from tlkit.floor import probe_network
 from tlkit.inference import load_checkpoint
 from tlkit.probe import fit_probe, rescale_l2
-from tlkit.probe_ensemble import frozen_probe
 
 TLKIT = [str(Path(sys.executable).parent / "tlkit")]
 PAIR = "fine-tuned + probe (shipped pair)"
@@ -65,16 +64,8 @@ def _outputs(forward, loader) -> dict[str, torch.Tensor]:
 
 def _probe_network(hparams, candidate: dict, fitted) -> torch.nn.Module:
     """The chosen probe as a frozen network (pretrained backbone, solved head)."""
-    if candidate["stage"] is None:
-        spec = {"strategy": "linear_probe", "strategy_args": {"bn": "frozen_eval"}}
-    else:
-        spec = {"strategy": "probe_stage", "strategy_args": {
-            "stage": candidate["stage"], "standardize": True, "bn": "frozen_eval"}}  # fmt: skip
-    settings = {**dict(hparams), "pretrained": True, "weights": None}
-    network = frozen_probe(settings, spec)
-    with torch.no_grad():
-        install_probe(network.head, fitted)
-    return network.eval()
+    settings = {**dict(hparams), "pretrained": True, "weights": None}  # the run's own backbone
+    return probe_network(settings, candidate["stage"], fitted).eval()
 
 
 def _fit(x: torch.Tensor, y: torch.Tensor, l2: float, measured: int, classes: int):
@@ -145,8 +136,8 @@ def score(run: Path, cache: Path) -> dict:
         "pair + every other probe": ["ft", chosen, *others],
         "fine-tuned x2 + probe + probe on blocks.6": ["ft", "ft", chosen, "blocks.6"],
     }
-    row: dict = {"probe": chosen, "shipped": json.loads((run / "metrics.json").read_text())[
-        "shipped"]}  # fmt: skip
+    shipped = json.loads((run / "metrics.json").read_text())["shipped"]
+    row: dict = {"probe": chosen, "shipped": shipped}
     for split in loaders:
         acc = {}
         for name, members in variants.items():

@@ -26,7 +26,7 @@ import torch
 
 from tlkit.probe import Probe, fit_probe, rescale_l2
 
-__all__ = ["ProbeFloor", "probe_floor", "settle", "ship"]
+__all__ = ["ProbeFloor", "probe_floor", "probe_network", "probe_spec", "settle", "ship"]
 
 #: Where the fine-tuned model's best checkpoint goes when the probe takes ``best.ckpt``.
 FINETUNED_NAME = "finetuned.ckpt"
@@ -262,12 +262,24 @@ def _verdict(floor: ProbeFloor, metrics: dict[str, Any], winner: str) -> str:
     )
 
 
-def _probe_spec(floor: ProbeFloor) -> dict[str, Any]:
-    """The probe's strategy and settings as a frozen-backbone TransferModule."""
-    if floor.stages == (None,):
+def probe_spec(stage) -> dict[str, Any]:
+    """A probe's strategy and settings as a frozen-backbone TransferModule, from its ``stage``
+    as advise reports it (``None``: the top features; an index, or a joined list)."""
+    if stage is None:
         return {"strategy": "linear_probe", "strategy_args": {"bn": "frozen_eval"}}
-    args = {"stage": floor.probe["stage"], "standardize": True, "bn": "frozen_eval"}
+    args = {"stage": stage, "standardize": True, "bn": "frozen_eval"}
     return {"strategy": "probe_stage", "strategy_args": args}
+
+
+def probe_network(settings, stage, fitted: Probe):
+    """The probe as a frozen-backbone module: the pretrained backbone of ``settings`` (a
+    TransferModule's hyperparameters) and ``fitted`` as its head."""
+    from tlkit.exact import install_probe
+    from tlkit.probe_ensemble import frozen_probe
+
+    network = frozen_probe(settings, probe_spec(stage))
+    install_probe(network.head, fitted)
+    return network
 
 
 def _write_ensemble_checkpoint(floor: ProbeFloor, model, datamodule, path: Path) -> None:
@@ -277,7 +289,7 @@ def _write_ensemble_checkpoint(floor: ProbeFloor, model, datamodule, path: Path)
 
     accepted = inspect.signature(type(model).__init__).parameters
     settings = {k: v for k, v in model.hparams.items() if k in accepted}
-    ensemble = ProbeEnsemble(_probe_spec(floor), **settings)
+    ensemble = ProbeEnsemble(probe_spec(floor.probe["stage"]), **settings)
     missing, unexpected = ensemble.load_state_dict(model.state_dict(), strict=False)
     assert not unexpected and all(k.startswith("probe_partner.") for k in missing)
     install_probe(ensemble.probe_partner.head, floor.fitted)
@@ -286,9 +298,7 @@ def _write_ensemble_checkpoint(floor: ProbeFloor, model, datamodule, path: Path)
 
 def _write_probe_checkpoint(floor: ProbeFloor, model, datamodule, path: Path) -> None:
     """The probe as a frozen-backbone module (pretrained weights, solved head) at ``path``."""
-    from tlkit.exact import install_probe, write_checkpoint
-    from tlkit.probe_ensemble import frozen_probe
+    from tlkit.exact import write_checkpoint
 
-    probe_model = frozen_probe(model.hparams, _probe_spec(floor))
-    install_probe(probe_model.head, floor.fitted)
-    write_checkpoint(probe_model, datamodule, path)
+    network = probe_network(model.hparams, floor.probe["stage"], floor.fitted)
+    write_checkpoint(network, datamodule, path)
