@@ -160,3 +160,53 @@ def test_ship_keeps_the_floor_and_prefers_the_ensemble_within_the_noise():
     assert ship(0.85, 0.85, None, 400) == "probe"  # a tie goes to the simpler model
     # More validation images, less noise: the same 1.3-point shortfall is now too much.
     assert ship(0.855, 0.84, 0.842, 4000) == "finetuned"
+
+
+def test_a_head_started_from_the_probe_predicts_what_the_probe_does(tmp_path, tiny):
+    from tlkit.data import TransferDataModule
+    from tlkit.floor import _probabilities, probe_floor, start_head_from_probe
+    from tlkit.module import TransferModule
+
+    data = tmp_path / "data"
+    write_shapes(data / "train", per_class=16, seed=0)
+    write_shapes(data / "test", per_class=6, seed=1)
+    backbone, weights = tiny[1], tiny[3]
+    dm = TransferDataModule(str(data), backbone=backbone, image_size=32, augment="none",
+                            cache_features=False)  # fmt: skip
+    dm.setup("fit")
+
+    def network(stage, head_init="probe", bn="eval"):
+        args = {"stage": stage, "head_init": head_init, "bn": bn}
+        return TransferModule(dm.num_classes, backbone, weights=weights, strategy="full",
+                              strategy_args=args)  # fmt: skip
+
+    floor = probe_floor(dm, network(None, "random"))
+    (stage,) = floor.stages
+    model = network(stage)
+    assert model.head.standardizer is not None
+    note = start_head_from_probe(floor, model, dm)
+    assert note == f"the head starts from the exact probe on {floor.probe['name']}, " + (
+        "fitted on the training split"
+    )
+    # BatchNorm statistics frozen: before any step the fine-tune is the floor's probe fitted on
+    # train, validation predictions and all.
+    probs, labels = _probabilities(model, dm.val_dataloader())
+    assert torch.equal(labels, floor.val_labels)
+    assert torch.allclose(probs, floor.val_probs, atol=1e-4)
+    # BatchNorm in batch-statistics mode: the statistics are re-estimated on the training
+    # images and the probe refitted on the features they give; the network in eval mode then
+    # fits the training split as that probe does.
+    adapted = network(stage, bn="frozen_eval")
+    before = [b.clone() for n, b in adapted.backbone.named_buffers() if n.endswith("running_mean")]
+    assert "re-estimated" in start_head_from_probe(floor, adapted, dm)
+    after = [b for n, b in adapted.backbone.named_buffers() if n.endswith("running_mean")]
+    assert not all(torch.equal(a, b) for a, b in zip(before, after, strict=True))
+    train_probs, train_labels = _probabilities(adapted, dm.train_dataloader())
+    fitted_acc = float((train_probs.argmax(-1) == train_labels).float().mean())
+    assert fitted_acc >= floor.val_acc - 0.05 and fitted_acc > 2 / dm.num_classes
+    # A head on other features starts new, and says so.
+    other = network(0 if stage is None else None)
+    before = {k: v.clone() for k, v in other.head.state_dict().items()}
+    assert "the head starts new" in start_head_from_probe(floor, other, dm)
+    assert all(torch.equal(v, other.head.state_dict()[k]) for k, v in before.items())
+    assert start_head_from_probe(floor, network(stage, "random"), dm) is None

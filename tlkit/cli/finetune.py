@@ -250,10 +250,10 @@ def _trained(cli, run: _Run) -> int:
     floor = None  # the exact probe to beat: needs features a fresh backbone reproduces
     pretrained = model.weights_source != "none"
     if run.resume_from is None and rank_zero() and is_large_cell(run.recipe) and pretrained:
-        from tlkit.floor import probe_floor
+        from tlkit.floor import probe_floor, start_head_from_probe
 
         floor = probe_floor(datamodule, model, run.decision, run.features, run.opts.seed)
-        print_baseline(floor.record())
+        print_baseline(floor.record(), start_head_from_probe(floor, model, datamodule))
     if rank_zero():
         print_plan(model, datamodule, run.recipe, run.run_dir, int(trainer.max_epochs or 1))
     start = time.perf_counter()

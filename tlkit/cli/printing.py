@@ -83,11 +83,15 @@ def print_results(metrics: dict[str, Any], run_dir: Path) -> None:
     console.print(f"run directory: {run_dir}")
 
 
-def print_baseline(baseline: dict[str, Any]) -> None:
-    """The exact probe fitted before fine-tuning: the baseline to beat."""
+def print_baseline(baseline: dict[str, Any], note: str | None = None) -> None:
+    """The exact probe fitted before fine-tuning: the baseline to beat (and ``note``, what the
+    fine-tune takes from it)."""
     from rich.console import Console
 
-    Console(stderr=True, highlight=False).print(
+    console = Console(stderr=True, highlight=False)
+    console.print(
         f"exact probe first (the baseline to beat): {baseline['probe']['name']} tests at "
         f"{baseline['probe_test_acc']:.4f}, fitted in {baseline['probe_fit_seconds']:.1f} s"
     )
+    if note is not None:
+        console.print(note)
