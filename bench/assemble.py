@@ -16,6 +16,7 @@ ORDER = [
     "large-tuning",
     "large-variants-report",
     "large-variants-tuning",
+    "large_options",
     "probe_wall",
     "heldout_rules",
     "overhead",
