@@ -5,7 +5,9 @@ variant's overrides (``VARIANTS``), one torch thread each, and keeps the run und
 ``--work/runs``. Recorded from the run's metrics.json: the exact probe's, the fine-tuned
 model's, the ensemble's and the shipped test accuracy, fit and whole-process wall seconds.
 Reported: each variant's gain over the probe and its difference from ``base`` (the recipe as it
-ships), paired by draw.
+ships), paired by draw. ``snap2`` runs also keep their two snapshots
+(:class:`tlkit.callbacks.SnapshotEnsemble`); each is then scored with the other and with the
+exact probe as members (what a three-member ensemble would ship; the run itself ships as usual).
 
 Run: python bench/large_options.py --draws tuning --work /tmp/large-options
      [--variants base lpft ...] [--tasks fashion10-400-64px:1001 ...]
@@ -30,13 +32,18 @@ from heldout_data import LARGE_FAMILIES, REPORT_SEEDS, TUNING_SEEDS, build_task
 TLKIT = str(Path(sys.executable).parent / "tlkit")
 MIXUP = {"class_path": "tlkit.callbacks.MixUp",
          "init_args": {"mixup_alpha": 0.8, "cutmix_alpha": 1.0}}  # fmt: skip
-#: Overrides of ``tlkit finetune --recipe auto`` per variant.
+SNAPSHOTS = {
+    "class_path": "tlkit.callbacks.SnapshotEnsemble",
+    "init_args": {"cycles": 2, "ensemble_val": False, "dirpath": "RUN/snapshots"},
+}
+#: Overrides of ``tlkit finetune --recipe auto`` per variant (``RUN``: the run directory).
 VARIANTS: dict[str, list[str]] = {
     "base": [],
     "ep14": ["--epochs", "14"],
     "heavy": ["--data.augment", "heavy"],
     "mix14": ["--epochs", "14", "--trainer.callbacks+=" + json.dumps(MIXUP)],
     "lpft": ["--model.strategy_args.head_init", "probe"],
+    "snap2": ["--trainer.callbacks+=" + json.dumps(SNAPSHOTS)],
 }
 #: The reading of the figures (written by hand from them), appended to them.
 FINDINGS = HERE / "large_options_findings.md"
@@ -46,6 +53,7 @@ DESCRIBED = {
     "heavy": "heavy augmentation (+ blur, noise, coarse dropout)",
     "mix14": "MixUp 0.8 / CutMix 1.0 (timm's Mixup), 14 epochs",
     "lpft": "head started from the exact probe (`head_init: probe`)",
+    "snap2": "snapshot ensemble, 2 cosine cycles of 5 epochs (what ships is unchanged)",
 }
 
 
@@ -56,7 +64,8 @@ def run(work: Path, variant: str, task: Path, size: int) -> dict | None:
     env = {**os.environ, "TLKIT_CACHE_DIR": str(work / "cache" / out.name),
            "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}  # fmt: skip
     command = [TLKIT, "finetune", "--recipe", "auto", "--data", str(task), "--image-size",
-               str(size), "--out", str(out), *VARIANTS[variant]]  # fmt: skip
+               str(size), "--out", str(out),
+               *(a.replace("RUN/", f"{out}/") for a in VARIANTS[variant])]  # fmt: skip
     start = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
     wall = time.perf_counter() - start
@@ -67,6 +76,52 @@ def run(work: Path, variant: str, task: Path, size: int) -> dict | None:
             "probe": m["probe_test_acc"], "ft": m.get("finetuned_test_acc", m["test_acc"]),
             "ens": m.get("ensemble_test_acc"), "shipped": m["test_acc"],
             "ship": m.get("shipped")}  # fmt: skip
+
+
+def score_snapshots(work: Path, out: Path) -> dict:
+    """Test accuracy of each snapshot of a ``snap2`` run, their mean, and each with the exact
+    probe (fitted on train and val, as the floor fits it) as one more member."""
+    import torch
+    from safetensors.torch import load_file
+
+    from tlkit.advise import feature_stages, measure
+    from tlkit.data import TransferDataModule
+    from tlkit.inference import load_checkpoint
+    from tlkit.probe import fit_probe, rescale_l2
+
+    checkpoints = out / "checkpoints"
+    best = load_checkpoint(checkpoints / "best.ckpt")
+    tuned_path = checkpoints / "finetuned.ckpt"
+    tuned = load_checkpoint(tuned_path).model if tuned_path.exists() else best.model
+    data = best.checkpoint["datamodule_hyper_parameters"]
+    settings = {k: v for k, v in data.items() if not k.startswith("_")}
+    dm = TransferDataModule(**{**settings, "cache_features": False, "num_workers": 0})
+    os.environ["TLKIT_CACHE_DIR"] = str(work / "cache" / out.name)  # the run's own cache
+    decision, features = measure(str(dm.hparams.data), backbone=tuned.hparams.backbone,
+                                 seed=42, with_test=True, datamodule=dm)  # fmt: skip
+    dm.setup("test")
+    labels = features.labels("test")
+    probs = {}
+    for path in sorted((out / "snapshots").glob("snapshot-*.safetensors")):
+        tuned.load_state_dict(load_file(str(path)), strict=False)
+        tuned.eval()
+        with torch.no_grad():
+            probs[path.stem] = torch.cat([tuned(x).softmax(-1) for x, _ in dm.test_dataloader()])
+    probe = decision["probe"]
+    stages = feature_stages(probe["stage"])
+    x = torch.cat([features.select(s, stages) for s in ("train", "val")])
+    y = torch.cat([features.labels(s) for s in ("train", "val")])
+    measured = decision["evidence"]["images_measured"]
+    fitted = fit_probe(x, y, rescale_l2(probe["l2"], measured, len(y)), dm.num_classes)
+    with torch.no_grad():
+        probs["probe"] = fitted.logits(features.select("test", stages)).softmax(-1).float()
+    members = {"snapshot 2": ["snapshot-2"], "snapshots 1+2": ["snapshot-1", "snapshot-2"],
+               "snapshot 2 + probe": ["snapshot-2", "probe"],
+               "snapshots 1+2 + probe": ["snapshot-1", "snapshot-2", "probe"]}  # fmt: skip
+    return {
+        name: float((sum(probs[m] for m in group).argmax(-1) == labels).float().mean())
+        for name, group in members.items()
+    }
 
 
 def _pm(values: list[float]) -> str:
@@ -103,6 +158,21 @@ def summarise(rows: list[dict], draws: str) -> str:
             f"| {_pm(vs) if v != 'base' else '-'} "
             f"| {f'{statistics.mean(fit):.2f}x' if v != 'base' and fit else '-'} |"
         )
+    snaps = [r for r in rows if "snapshots" in r]
+    if snaps:
+        lines += [
+            "",
+            "The `snap2` runs' snapshots as members (test accuracy, points; the probe fitted "
+            "on train and val, as the floor fits it):",
+            "",
+            "| members | draws | - probe | - base's shipped model |",
+            "|---|---|---|---|",
+        ]
+        for name in snaps[0]["snapshots"]:
+            gain = [100 * (r["snapshots"][name] - r["probe"]) for r in snaps]
+            vs = [100 * (r["snapshots"][name] - by["base", r["task"]]["shipped"]) for r in snaps
+                  if ("base", r["task"]) in by]  # fmt: skip
+            lines.append(f"| {name} | {len(snaps)} | {_pm(gain)} | {_pm(vs)} |")
     lines += ["", "Per draw: test accuracy % of the probe, then fine-tuned / ensemble / shipped.",
               "", "| variant | " + " | ".join(tasks) + " |",
               "|---|" + "---|" * len(tasks)]  # fmt: skip
@@ -144,6 +214,11 @@ def main() -> None:
                 with log.open("a") as handle:
                     handle.write(json.dumps(row) + "\n")
     rows = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    for row in rows:  # snapshot runs are scored once, after they ran
+        out = opts.work / "runs" / f"{row['variant']}-{row['task']}"
+        if "snapshots" not in row and (out / "snapshots").is_dir():
+            row["snapshots"] = score_snapshots(opts.work, out)
+            log.write_text("".join(json.dumps(r) + "\n" for r in rows))
     if opts.report_only:
         sys.argv.remove("--report-only")
     text = summarise(rows, opts.draws)
