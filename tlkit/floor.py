@@ -299,11 +299,11 @@ def start_head_from_probe(floor: ProbeFloor, model, datamodule) -> str | None:
         return "head_init probe: no validation split to select on; the head starts new"
     stage, count = model.strategy.feature_stage, len(model.backbone.feature_info)
     (probe_stage, *more) = floor.stages
-    if more or (stage is None) != (probe_stage is None):
-        same = False
+    if probe_stage is None:
+        same = stage is None
     else:
-        same = stage is None or (isinstance(stage, int) and stage % count == probe_stage % count)
-    if not same:
+        same = isinstance(stage, int) and stage % count == probe_stage % count
+    if more or not same:
         return f"head_init probe: the probe reads {name}, not the head's input; the head starts new"
     if model.strategy.bn == "eval":
         install_probe(model.head, floor.on_train)
@@ -318,8 +318,9 @@ def start_head_from_probe(floor: ProbeFloor, model, datamodule) -> str | None:
 @torch.no_grad()
 def _recalibrated_probe(model, datamodule, l2: float) -> Probe:
     """Re-estimate the backbone's BatchNorm running statistics on the training images (under
-    the evaluation transform; a cumulative average), then fit the probe on the features the
-    network gives in eval mode. The global RNG is left as it was."""
+    the evaluation transform; torch's ``update_bn``, a cumulative average), then fit the probe
+    on the features the network gives in eval mode. The global RNG is left as it was."""
+    from torch.optim.swa_utils import update_bn
     from torch.utils.data import DataLoader
 
     from tlkit.data.datasets import ImageDataset
@@ -328,23 +329,12 @@ def _recalibrated_probe(model, datamodule, l2: float) -> Probe:
     split = datamodule.check_images()["train"]
     images = ImageDataset(split, build_pipeline(eval_transform(datamodule.spec)))
     batch = datamodule.hparams.batch_size
-    norms = [
-        m for m in model.backbone.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
-    ]
     was_training = model.training
     with torch.random.fork_rng(devices=[]):
-        momenta = [m.momentum for m in norms]
-        for norm in norms:
-            norm.reset_running_stats()
-            norm.momentum = None
-        model.backbone.train()
-        for x, _ in DataLoader(images, batch_size=batch, shuffle=False):
-            model.encode(x.to(model.device))
-        for norm, momentum in zip(norms, momenta, strict=True):
-            norm.momentum = momentum
+        update_bn(DataLoader(images, batch_size=batch), model.backbone, model.device)
         model.eval()
         features, labels = [], []
-        for x, y in DataLoader(images, batch_size=max(64, batch), shuffle=False):
+        for x, y in DataLoader(images, batch_size=max(64, batch)):
             features.append(model.encode(x.to(model.device)).float().cpu())
             labels.append(y)
     model.train(was_training)

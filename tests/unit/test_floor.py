@@ -28,6 +28,26 @@ def tiny(tmp_path) -> list[str]:
     return ["--backbone", "test_efficientnet", "--weights", str(path), "--image-size", "32"]
 
 
+@pytest.fixture
+def data(tmp_path) -> Path:
+    """Shape images: 16 per class in train/ (no val/), 6 per class in test/."""
+    folder = tmp_path / "data"
+    write_shapes(folder / "train", per_class=16, seed=0)
+    write_shapes(folder / "test", per_class=6, seed=1)
+    return folder
+
+
+def _datamodule(data: Path, tiny: list[str]):
+    """The tiny backbone's datamodule on ``data``, set up for fit and test."""
+    from tlkit.data import TransferDataModule
+
+    dm = TransferDataModule(str(data), backbone=tiny[1], image_size=32, augment="none",
+                            cache_features=False)  # fmt: skip
+    dm.setup("fit")
+    dm.setup("test")
+    return dm
+
+
 def _test_accuracy(checkpoint: Path, folder: Path) -> float:
     items, labels = [], []
     for label, class_dir in enumerate(sorted(folder.iterdir())):
@@ -38,10 +58,7 @@ def _test_accuracy(checkpoint: Path, folder: Path) -> float:
     return float((probs.argmax(1) == torch.tensor(labels)).float().mean())
 
 
-def test_when_fine_tuning_loses_on_validation_best_ckpt_is_the_probe(tmp_path, tiny, capsys):
-    data = tmp_path / "data"
-    write_shapes(data / "train", per_class=16, seed=0)
-    write_shapes(data / "test", per_class=6, seed=1)
+def test_when_fine_tuning_loses_on_validation_best_ckpt_is_the_probe(data, tiny, capsys):
     # One epoch at a vanishing LR leaves the new head random: the probe wins on validation.
     argv = ["finetune", "--recipe", "large-similar", "--data", str(data), *tiny, "--epochs", "1"]
     assert main([*argv, "--model.lr", "1e-9", "--out", "RUN"]) == 0
@@ -83,20 +100,13 @@ def test_when_fine_tuning_wins_on_validation_nothing_is_swapped(tmp_path):
 
 
 def test_an_ensemble_that_beats_both_members_on_validation_ships_and_predicts_as_reported(
-    tmp_path, tiny
+    tmp_path, data, tiny
 ):
-    from tlkit.data import TransferDataModule
     from tlkit.floor import _probabilities, probe_floor, settle
     from tlkit.module import TransferModule
 
-    data = tmp_path / "data"
-    write_shapes(data / "train", per_class=16, seed=0)
-    write_shapes(data / "test", per_class=6, seed=1)
     backbone, weights = tiny[1], tiny[3]
-    dm = TransferDataModule(str(data), backbone=backbone, image_size=32, augment="none",
-                            cache_features=False)  # fmt: skip
-    dm.setup("fit")
-    dm.setup("test")
+    dm = _datamodule(data, tiny)
     model = TransferModule(dm.num_classes, backbone, weights=weights, strategy="full",
                            class_names=dm.class_names)  # fmt: skip
     # Lightning's CLI records how it built the model among its hyperparameters.
@@ -162,18 +172,12 @@ def test_ship_keeps_the_floor_and_prefers_the_ensemble_within_the_noise():
     assert ship(0.855, 0.84, 0.842, 4000) == "finetuned"
 
 
-def test_a_head_started_from_the_probe_predicts_what_the_probe_does(tmp_path, tiny):
-    from tlkit.data import TransferDataModule
+def test_a_head_started_from_the_probe_predicts_what_the_probe_does(data, tiny):
     from tlkit.floor import _probabilities, probe_floor, start_head_from_probe
     from tlkit.module import TransferModule
 
-    data = tmp_path / "data"
-    write_shapes(data / "train", per_class=16, seed=0)
-    write_shapes(data / "test", per_class=6, seed=1)
     backbone, weights = tiny[1], tiny[3]
-    dm = TransferDataModule(str(data), backbone=backbone, image_size=32, augment="none",
-                            cache_features=False)  # fmt: skip
-    dm.setup("fit")
+    dm = _datamodule(data, tiny)
 
     def network(stage, head_init="probe", bn="eval"):
         args = {"stage": stage, "head_init": head_init, "bn": bn}
