@@ -20,13 +20,11 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 from common import write
-from heldout import HERE
+from heldout import HERE, _run
 from heldout_data import LARGE_FAMILIES, REPORT_SEEDS, TUNING_SEEDS, build_task
 
 TLKIT = str(Path(sys.executable).parent / "tlkit")
@@ -61,16 +59,10 @@ def run(work: Path, variant: str, task: Path, size: int) -> dict | None:
     out = work / "runs" / f"{variant}-{task.name}"
     if (out / "metrics.json").exists():
         return None
-    env = {**os.environ, "TLKIT_CACHE_DIR": str(work / "cache" / out.name),
-           "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}  # fmt: skip
     command = [TLKIT, "finetune", "--recipe", "auto", "--data", str(task), "--image-size",
                str(size), "--out", str(out),
                *(a.replace("RUN/", f"{out}/") for a in VARIANTS[variant])]  # fmt: skip
-    start = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
-    wall = time.perf_counter() - start
-    if done.returncode:
-        raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-2000:]}")
+    wall, _ = _run(command, work / "cache" / out.name)  # one torch thread: OMP_NUM_THREADS
     m = json.loads((out / "metrics.json").read_text())
     return {"variant": variant, "task": task.name, "wall": round(wall), "fit": m["fit_seconds"],
             "probe": m["probe_test_acc"], "ft": m.get("finetuned_test_acc", m["test_acc"]),
@@ -82,24 +74,13 @@ def score_snapshots(work: Path, out: Path) -> dict:
     """Test accuracy of each snapshot of a ``snap2`` run, their mean, and each with the exact
     probe (fitted on train and val, as the floor fits it) as one more member."""
     import torch
+    from large_variants import load_run
     from safetensors.torch import load_file
 
-    from tlkit.advise import feature_stages, measure
-    from tlkit.data import TransferDataModule
-    from tlkit.inference import load_checkpoint
+    from tlkit.advise import feature_stages
     from tlkit.probe import fit_probe, rescale_l2
 
-    checkpoints = out / "checkpoints"
-    best = load_checkpoint(checkpoints / "best.ckpt")
-    tuned_path = checkpoints / "finetuned.ckpt"
-    tuned = load_checkpoint(tuned_path).model if tuned_path.exists() else best.model
-    data = best.checkpoint["datamodule_hyper_parameters"]
-    settings = {k: v for k, v in data.items() if not k.startswith("_")}
-    dm = TransferDataModule(**{**settings, "cache_features": False, "num_workers": 0})
-    os.environ["TLKIT_CACHE_DIR"] = str(work / "cache" / out.name)  # the run's own cache
-    decision, features = measure(str(dm.hparams.data), backbone=tuned.hparams.backbone,
-                                 seed=42, with_test=True, datamodule=dm)  # fmt: skip
-    dm.setup("test")
+    tuned, dm, decision, features = load_run(out, work / "cache" / out.name)
     labels = features.labels("test")
     probs = {}
     for path in sorted((out / "snapshots").glob("snapshot-*.safetensors")):
@@ -197,6 +178,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/large-options"))
     parser.add_argument("--report-only", action="store_true")
     opts = parser.parse_args()
+    os.environ["OMP_NUM_THREADS"] = "1"  # one torch thread per run (two fit side by side)
     seeds = REPORT_SEEDS if opts.draws == "report" else TUNING_SEEDS
     jobs = opts.tasks or [f"{f}:{s}" for f in LARGE_FAMILIES for s in seeds]
     opts.work.mkdir(parents=True, exist_ok=True)

@@ -80,8 +80,9 @@ def _member(probs: dict[str, torch.Tensor], member) -> torch.Tensor:
     return probs[member]
 
 
-def score(run: Path, cache: Path) -> dict:
-    """Member probabilities on the run's splits, then the accuracy of each variant."""
+def load_run(run: Path, cache: Path):
+    """A kept ``tlkit finetune`` run: its fine-tuned network, its datamodule (set up for fit and
+    test) and advise's decision and features, measured again from the run's feature cache."""
     checkpoints = run / "checkpoints"
     best = load_checkpoint(checkpoints / "best.ckpt")
     tuned_path = checkpoints / "finetuned.ckpt"
@@ -90,11 +91,17 @@ def score(run: Path, cache: Path) -> dict:
     settings = {k: v for k, v in data.items() if not k.startswith("_")}  # _instantiator: the CLI's
     dm = TransferDataModule(**{**settings, "cache_features": False, "num_workers": 0})
     os.environ["TLKIT_CACHE_DIR"] = str(cache)  # the run's own feature cache
-    hp = tuned.hparams
-    decision, features = measure(str(dm.hparams.data), backbone=hp.backbone, seed=42,
+    decision, features = measure(str(dm.hparams.data), backbone=tuned.hparams.backbone, seed=42,
                                  with_test=True, datamodule=dm)  # fmt: skip
     dm.setup("fit")
     dm.setup("test")
+    return tuned, dm, decision, features
+
+
+def score(run: Path, cache: Path) -> dict:
+    """Member probabilities on the run's splits, then the accuracy of each variant."""
+    tuned, dm, decision, features = load_run(run, cache)
+    hp = tuned.hparams
     loaders = {"val": dm.val_dataloader(), "test": dm.test_dataloader()}
     labels = {s: features.labels(s) for s in loaders}
     probs: dict[str, dict[str, torch.Tensor]] = {s: {} for s in loaders}
