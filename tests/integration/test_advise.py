@@ -50,6 +50,10 @@ def test_textures_are_measured_as_different(tmp_path: Path) -> None:
     assert best["accuracy"] >= top["accuracy"] + 0.05
     assert best["accuracy"] > 0.9
     assert report["num_classes"] == 3
+    # no val/ of its own: the images that trains on are counted, and the reason says why
+    held_out = report["evidence"]["num_val"]
+    assert report["samples_per_class"] * 3 == report["evidence"]["num_train"]
+    assert f"{held_out} more were held out for validation" in report["evidence"]["reason"]
     assert set(features.splits) == {"train", "val", "test"}
     assert features.splits["train"][0].shape[1] == sum(features.widths)
 
@@ -70,6 +74,7 @@ def test_advise_json_on_the_demo(capsys) -> None:
     assert report["recipe"] == report["cell"]
     evidence = report["evidence"]
     assert evidence["images_measured"] == 60
+    assert "held out" not in evidence["reason"]  # the demo has a val/ of its own
     names = [c["name"] for c in evidence["candidates"]]
     assert names[0] == "top" and names[1].startswith("top+")
     assert max(c["accuracy"] for c in evidence["candidates"]) > 2 * evidence["chance"]

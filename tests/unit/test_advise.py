@@ -61,6 +61,14 @@ def test_decide_names_every_cell(per_class, classes, top, deep, cell, stage) -> 
     assert ("resembles" if similarity == "similar" else "differs") in verdict["reason"]
 
 
+def test_the_size_reason_counts_what_trains_and_names_a_held_out_val() -> None:
+    scores = _candidates(0.9, (0.5, 0.6))
+    held = decide(scores, 80, 10, held_out_val=200)["reason"]
+    assert held.startswith("80 labelled images per class, 800 in all (under 100 per class")
+    assert "200 more were held out for validation: the data has no val split" in held
+    assert "held out" not in decide(scores, 80, 10)["reason"]
+
+
 def test_size_thresholds() -> None:
     scores = _candidates(0.9, (0.5, 0.6))
     assert decide(scores, SMALL_PER_CLASS - 1, 10)["size"] == "small"

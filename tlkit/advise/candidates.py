@@ -224,6 +224,7 @@ def decide(
     num_classes: int,
     num_train: int | None = None,
     test_fraction: float = 0.2,
+    held_out_val: int = 0,
 ) -> dict[str, Any]:
     """The matrix cell and the frozen probe from scored candidates and the amount of data.
 
@@ -234,6 +235,8 @@ def decide(
         num_train: Labelled training images in all (default ``samples_per_class *
             num_classes``).
         test_fraction: Share of the samples in each held-out fold (``1/k`` for k folds).
+        held_out_val: Images the validation split took from train, when the data has none
+            of its own (the reason says so: the size is what trains).
 
     Returns:
         ``size``, ``similarity``, ``cell``, ``recipe`` (the shipped recipe of the cell),
@@ -257,6 +260,8 @@ def decide(
         why_size = f"at least {SMALL_PER_CLASS} per class"
     else:
         why_size = f"at least {LARGE_TOTAL} in all"
+    if held_out_val:
+        why_size += f"; {held_out_val} more were held out for validation: the data has no val split"
     size_reason = f"{samples_per_class:g} labelled images per class, {total} in all ({why_size})"
     if similar:
         sim_reason = f"{why}: the top features suffice, so the data resembles the pretraining"

@@ -171,7 +171,8 @@ def measure(
     features.splits = _extract(model, backbone, dm, wanted, features.widths, cache_dir, batch_size)
     facts = {"image_size": dm.spec.size, "backbone": backbone}
     cv = _CrossValidation(max_images, folds, repeats, seed)
-    return _decided(cv, features, decodable, num_classes, with_test, facts), features
+    held_out = len(decodable["val"]) if dm.val_held_out else 0
+    return _decided(cv, features, decodable, num_classes, with_test, facts, held_out), features
 
 
 def _decided(
@@ -181,12 +182,15 @@ def _decided(
     num_classes: int,
     with_test: bool,
     facts: dict[str, Any],
+    held_out_val: int = 0,
 ) -> dict[str, Any]:
     """Score the candidates on the shared folds, decide, and build the report (``facts``:
-    the measurement's image size and backbone, for the evidence)."""
+    the measurement's image size and backbone, for the evidence; ``held_out_val``: images the
+    validation split took from train)."""
     counts = _class_counts(decodable["train"].labels, num_classes)
     candidates, labelled, k = cv.score(features)
-    verdict = decide(candidates, counts.median, num_classes, len(decodable["train"]), 1.0 / k)
+    verdict = decide(candidates, counts.median, num_classes, len(decodable["train"]), 1.0 / k,
+                     held_out_val)  # fmt: skip
     tested = len(decodable["test"]) if with_test else None
     expected = expected_accuracy(candidates, verdict["probe"], labelled, tested, 1.0 / k)
     report = _report(verdict, candidates, expected, counts.median, num_classes)

@@ -147,6 +147,12 @@ class TransferDataModule(L.LightningDataModule):
         return DataSource(classes=src.classes, train=train, val=val, test=test, name=src.name)
 
     @property
+    def val_held_out(self) -> bool:
+        """Whether the validation split was held out from train (the data has none of its own)."""
+        self.source  # noqa: B018 - loading the source records the splits it defines
+        return "val" not in self._given_splits
+
+    @property
     def num_classes(self) -> int:
         """Number of classes in the source."""
         return len(self.source.classes)
