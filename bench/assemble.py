@@ -17,6 +17,7 @@ ORDER = [
     "large-variants-report",
     "large-variants-tuning",
     "large_options",
+    "shapes",
     "probe_wall",
     "heldout_rules",
     "overhead",

@@ -1,0 +1,138 @@
+"""Task shapes no recipe or rule was tuned on: `--recipe auto` against the by-hand probe.
+
+The held-out benchmarks (bench/heldout.py, bench/large.py) tune and report on fixed families.
+This one builds tasks of other shapes, the same way (bench/heldout_data.py: other class subsets,
+labelled images per class, input sizes, folders with and without ``val/``), on draws of their
+own, and runs each as a user would: bench/sklearn_probe.py (LogisticRegressionCV on the top
+features) and ``tlkit finetune --recipe auto``, each as its own process with a cold cache.
+
+Families straddle the matrix's size line (100 labelled images per class): the small side
+(few-shot and just under it) and the large side (at it, a large cell of 600 images, 96 px and
+the native 28 px). Nothing here feeds back into a recipe: the figures only report.
+
+Run: python bench/shapes.py [--seeds 7 8] [--families NAME ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+from common import write
+from heldout import HERE, TLKIT, _run
+from heldout_data import Family, build_task
+from large import sklearn_probe
+
+SHAPES: dict[str, Family] = {
+    f.name: f
+    for f in (
+        Family("fashion7-15+5val-80px", "fashion", 7, 15, 5, 60, 80),
+        Family("digits10-40-48px", "digits", 10, 40, 0, 50, 48),
+        Family("fashion10-75-48px", "fashion", 10, 75, 0, 60, 48),
+        Family("fashion10-100-48px", "fashion", 10, 100, 0, 60, 48),
+        Family("fashion4-150+30val-56px", "fashion", 4, 150, 30, 100, 56),
+        Family("fashion10-250+50val-28px", "fashion", 10, 250, 50, 60, 28),
+        Family("fashion6-300-96px", "fashion", 6, 300, 0, 80, 96),
+    )
+}
+#: The reading of the figures (written by hand from them), appended to them.
+FINDINGS = HERE / "shapes_findings.md"
+#: Draws of these families: disjoint from the tuning (1001-1003) and report (1-6) seeds.
+SEEDS = (7, 8)
+
+
+def run_auto(task: Path, size: int, work: Path) -> dict:
+    with tempfile.TemporaryDirectory(dir=work) as scratch:
+        out = Path(scratch) / "auto"
+        command = [*TLKIT, "finetune", "--recipe", "auto", "--data", str(task),
+                   "--image-size", str(size), "--out", str(out)]  # fmt: skip
+        wall, _ = _run(command, Path(scratch) / "cache")
+        m = json.loads((out / "metrics.json").read_text())
+    keys = ("recipe", "test_acc", "probe_test_acc", "finetuned_test_acc", "ensemble_test_acc",
+            "shipped", "fit_seconds")  # fmt: skip
+    return {**{k: m.get(k) for k in keys}, "wall_seconds": round(wall, 1)}
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}"
+
+
+def summarise(rows: list[dict]) -> str:
+    lines = [
+        "Draws: seeds "
+        + ", ".join(str(s) for s in sorted({r["seed"] for r in rows}))
+        + " of families used nowhere else (never tuned on). Test accuracy in %; for large "
+        "cells the run's exact probe, fine-tuned model, their ensemble and what best.ckpt holds "
+        "(in brackets).",
+        "",
+        "| task | train images | recipe | sklearn probe | exact probe | fine-tuned | ensemble | "
+        "auto | auto - sklearn | wall s sklearn / auto |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    gaps = []
+    for r in rows:
+        a, s, f = r["auto"], r["sklearn"], SHAPES[r["family"]]
+        gaps.append(a["test_acc"] - s["test_acc"])
+        tuned = a["finetuned_test_acc"]
+        if tuned is None and a["shipped"] == "finetuned":  # best.ckpt is the fine-tuned model
+            tuned = a["test_acc"]
+        shipped = _pct(a["test_acc"]) + (f" ({a['shipped']})" if a.get("shipped") else "")
+        lines.append(
+            f"| {r['family']}-s{r['seed']} | {f.classes * f.train}"
+            f"{f' + {f.classes * f.val} val' if f.val else ''} | {a['recipe']} | "
+            f"{_pct(s['test_acc'])} | {_pct(a['probe_test_acc'])} | "
+            f"{_pct(tuned)} | {_pct(a['ensemble_test_acc'])} | {shipped} | {100 * gaps[-1]:+.1f} | "
+            f"{s['wall_seconds']:.0f} / {a['wall_seconds']:.0f} |"
+        )
+    large = [r["auto"] for r in rows if r["auto"].get("probe_test_acc") is not None]
+    lines += [
+        "",
+        f"auto - sklearn over {len(rows)} tasks: **{100 * statistics.mean(gaps):+.1f}** "
+        f"points (worst {100 * min(gaps):+.1f}, below on {sum(g < 0 for g in gaps)}).",
+    ]
+    if large:
+        over = [a["test_acc"] - a["probe_test_acc"] for a in large]
+        lines.append(
+            f"Large cells, shipped - exact probe over {len(large)} tasks: "
+            f"**{100 * statistics.mean(over):+.1f}** (worst {100 * min(over):+.1f})."
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", nargs="*", type=int, default=list(SEEDS))
+    parser.add_argument("--families", nargs="*", default=list(SHAPES))
+    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "shapes")
+    opts = parser.parse_args()
+    opts.work.mkdir(parents=True, exist_ok=True)
+    runs = opts.work / "shapes.jsonl"
+    rows = [json.loads(line) for line in runs.read_text().splitlines()] if runs.exists() else []
+    done = {(r["family"], r["seed"]) for r in rows}
+    for seed in opts.seeds:
+        for name in opts.families:
+            if (name, seed) in done:
+                continue
+            family = SHAPES[name]
+            task = build_task(opts.work / "tasks", family, seed)
+            row = {"family": name, "seed": seed,
+                   "sklearn": sklearn_probe(task, family.image_size, opts.work),
+                   "auto": run_auto(task, family.image_size, opts.work)}  # fmt: skip
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            with runs.open("a") as handle:
+                handle.write(json.dumps(row) + "\n")
+    order = list(SHAPES)
+    rows.sort(key=lambda r: (order.index(r["family"]), r["seed"]))
+    text = summarise(rows)
+    if FINDINGS.exists():
+        text += "\n\n" + FINDINGS.read_text().strip()
+    write("Other task shapes (draws never tuned on)", text, {"rows": rows})
+
+
+if __name__ == "__main__":
+    sys.exit(main())
