@@ -45,7 +45,9 @@ def tlkit(*args: object, cwd: Path) -> subprocess.CompletedProcess:
 def assert_clean_success(result: subprocess.CompletedProcess) -> None:
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
-    for noise in ("in eval mode", "LeafSpec", "args parameter is intended", "Seed set to"):
+    noises = ("in eval mode", "LeafSpec", "args parameter is intended", "Seed set to",
+              "logging interval")  # fmt: skip
+    for noise in noises:
         assert noise not in result.stderr
     for banner in ("GPU available", "TPU available", "Tip:", "Total params"):  # --verbose only
         assert banner not in result.stderr + result.stdout

@@ -38,12 +38,14 @@ PASSTHROUGH = (
 )
 
 # Lightning warnings that are expected in every tlkit run: frozen parts run in eval mode by
-# design, small datasets load in the main process on purpose, the CLI is always given its
-# arguments, and the rest is upstream deprecation noise.
+# design, small datasets load in the main process on purpose and have fewer batches than the
+# step-logging interval (tlkit reports per epoch), the CLI is always given its arguments, and
+# the rest is upstream deprecation noise.
 _EXPECTED_WARNINGS = (
     r"LightningCLI's args parameter is intended",
     r"Found \d+ module\(s\) in eval mode at the start of training",
     r"The '\w+' does not have many workers",
+    r"The number of training batches \(\d+\) is smaller than the logging interval",
     r"`isinstance\(treespec, LeafSpec\)` is deprecated",
     r"Starting from v1\.9\.0, `tensorboardX` has been removed",
 )
