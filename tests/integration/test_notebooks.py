@@ -131,6 +131,9 @@ def test_strategy_matrix(tmp_path, monkeypatch, repo_unchanged):
     # the exact probes (no epochs) score well above chance even at the test's small settings
     frozen = [float(row.split("|")[4]) for row in rows if row.split("|")[3].strip() == "0"]
     assert len(frozen) == 2 and min(frozen) > 0.3
+    # the fine-tuning runs name what they shipped: the probe, their network or the ensemble
+    shipped = [row.split("|")[8].strip() for row in rows if row.split("|")[3].strip() != "0"]
+    assert len(shipped) == 2 and set(shipped) <= {"probe", "finetuned", "ensemble"}
     assert _pngs(notebook) >= 3  # samples, per-stage probes, accuracy bars
 
 
