@@ -50,7 +50,7 @@ def test_textures_are_measured_as_different(tmp_path: Path) -> None:
     assert best["accuracy"] >= top["accuracy"] + 0.05
     assert best["accuracy"] > 0.9
     assert report["num_classes"] == 3
-    # no val/ of its own: the images that trains on are counted, and the reason says why
+    # no val/ of its own: the size counts the images that train, and the reason names the rest
     held_out = report["evidence"]["num_val"]
     assert report["samples_per_class"] * 3 == report["evidence"]["num_train"]
     assert f"{held_out} more were held out for validation" in report["evidence"]["reason"]
