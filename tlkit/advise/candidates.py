@@ -218,6 +218,19 @@ def expected_accuracy(
     }
 
 
+def _size(samples_per_class: float, total: int, held_out_val: int) -> tuple[str, str]:
+    """``small`` or ``large``, and why, from the images that train."""
+    if samples_per_class < SMALL_PER_CLASS and total < LARGE_TOTAL:
+        size, why = "small", f"under {SMALL_PER_CLASS} per class and under {LARGE_TOTAL} in all"
+    elif samples_per_class >= SMALL_PER_CLASS:
+        size, why = "large", f"at least {SMALL_PER_CLASS} per class"
+    else:
+        size, why = "large", f"at least {LARGE_TOTAL} in all"
+    if held_out_val:
+        why += f"; {held_out_val} more were held out for validation: the data has no val split"
+    return size, f"{samples_per_class:g} labelled images per class, {total} in all ({why})"
+
+
 def decide(
     candidates: Sequence[Candidate],
     samples_per_class: float,
@@ -249,20 +262,10 @@ def decide(
     if not candidates:
         raise TlkitError("need at least one candidate feature set to compare")
     total = num_train if num_train is not None else round(samples_per_class * num_classes)
-    small = samples_per_class < SMALL_PER_CLASS and total < LARGE_TOTAL
-    size = "small" if small else "large"
+    size, size_reason = _size(samples_per_class, total, held_out_val)
     chosen, why = choose(candidates, test_fraction)
     similar = chosen.stages == (None,)
     similarity = "similar" if similar else "different"
-    if small:
-        why_size = f"under {SMALL_PER_CLASS} per class and under {LARGE_TOTAL} in all"
-    elif samples_per_class >= SMALL_PER_CLASS:
-        why_size = f"at least {SMALL_PER_CLASS} per class"
-    else:
-        why_size = f"at least {LARGE_TOTAL} in all"
-    if held_out_val:
-        why_size += f"; {held_out_val} more were held out for validation: the data has no val split"
-    size_reason = f"{samples_per_class:g} labelled images per class, {total} in all ({why_size})"
     if similar:
         sim_reason = f"{why}: the top features suffice, so the data resembles the pretraining"
     else:

@@ -171,7 +171,7 @@ def measure(
     features.splits = _extract(model, backbone, dm, wanted, features.widths, cache_dir, batch_size)
     facts = {"image_size": dm.spec.size, "backbone": backbone}
     cv = _CrossValidation(max_images, folds, repeats, seed)
-    held_out = len(decodable["val"]) if dm.val_held_out else 0
+    held_out = 0 if "val" in dm.given_splits else len(decodable["val"])  # taken from train
     return _decided(cv, features, decodable, num_classes, with_test, facts, held_out), features
 
 

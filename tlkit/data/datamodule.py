@@ -129,7 +129,7 @@ class TransferDataModule(L.LightningDataModule):
         self.collective: Collective | None = None
         self.datasets: dict[str, Dataset] = {}
         self._decodable: dict[str, Split] | None = None
-        self._given_splits: set[str] = set()
+        self.given_splits: set[str] = set()  # the splits the data defines (set by `source`)
 
     @cached_property
     def source(self) -> DataSource:
@@ -143,14 +143,8 @@ class TransferDataModule(L.LightningDataModule):
             train, val = split_stratified(train, hp.val_fraction, hp.seed + 1)
         if hp.shots is not None:
             train = sample_shots(train, hp.shots, hp.seed, classes=src.classes)
-        self._given_splits = set(src.splits())
+        self.given_splits = set(src.splits())
         return DataSource(classes=src.classes, train=train, val=val, test=test, name=src.name)
-
-    @property
-    def val_held_out(self) -> bool:
-        """Whether the validation split was held out from train (the data has none of its own)."""
-        self.source  # noqa: B018 - loading the source records the splits it defines
-        return "val" not in self._given_splits
 
     @property
     def num_classes(self) -> int:
@@ -183,7 +177,7 @@ class TransferDataModule(L.LightningDataModule):
             bad = {name: undecodable(split) for name, split in splits.items()}
             refuse_unusable(
                 splits, bad, src.classes, src.name,
-                partial(split_fix, data=self.hparams.data, given=self._given_splits),
+                partial(split_fix, data=self.hparams.data, given=self.given_splits),
             )  # fmt: skip
             strict = self.hparams.strict
             self._decodable = {k: skip_undecodable(k, v, bad[k], strict) for k, v in splits.items()}
