@@ -6,9 +6,10 @@ labelled images per class, input sizes, folders with and without ``val/``), on d
 own, and runs each as a user would: bench/sklearn_probe.py (LogisticRegressionCV on the top
 features) and ``tlkit finetune --recipe auto``, each as its own process with a cold cache.
 
-Families straddle the matrix's size line (100 labelled images per class): the small side
-(few-shot and just under it) and the large side (at it, a large cell of 600 images, 96 px and
-the native 28 px). Nothing here feeds back into a recipe: the figures only report.
+Families straddle the matrix's size line (100 labelled images per class that train): few-shot
+tasks, 75 per class, 100 per class without ``val/`` (80 train once validation is held out: a
+small task), and large cells of 600 images, of 2,500 at the native 28 px and of 1,800 at 96 px.
+Nothing here feeds back into a recipe: the figures only report.
 
 Run: python bench/shapes.py [--seeds 7 8] [--families NAME ...]
 """
@@ -46,6 +47,7 @@ SEEDS = (7, 8)
 
 
 def run_auto(task: Path, size: int, work: Path) -> dict:
+    """``tlkit finetune --recipe auto`` on one task: what it chose, shipped and scored."""
     with tempfile.TemporaryDirectory(dir=work) as scratch:
         out = Path(scratch) / "auto"
         command = [*TLKIT, "finetune", "--recipe", "auto", "--data", str(task),
