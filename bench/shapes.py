@@ -71,7 +71,7 @@ def summarise(rows: list[dict]) -> str:
         "cells the run's exact probe, fine-tuned model, their ensemble and what best.ckpt holds "
         "(in brackets).",
         "",
-        "| task | train images | recipe | sklearn probe | exact probe | fine-tuned | ensemble | "
+        "| task | labelled images | recipe | sklearn probe | exact probe | fine-tuned | ensemble | "
         "auto | auto - sklearn | wall s sklearn / auto |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
