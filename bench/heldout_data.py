@@ -8,7 +8,8 @@ Fashion-MNIST's ``t10k`` files, or from digits the training part never uses.
 Draws are split in disjoint sets: :data:`TUNING_SEEDS`, the only ones any recipe or rule was
 tuned on, and the reported ones, never tuned on: :data:`FIRST_REPORT_SEEDS` (the first report,
 whose intervals came out too narrow, after which the interval was rebuilt on the tuning draws)
-and :data:`REPORT_SEEDS` (the report of the current code, drawn after that change).
+and :data:`REPORT_SEEDS` (the report of the current code, drawn after that change); the
+other task shapes of bench/shapes.py are drawn with :data:`SHAPE_SEEDS`.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ __all__ = [
     "FIRST_REPORT_SEEDS",
     "LARGE_FAMILIES",
     "REPORT_SEEDS",
+    "SHAPE_FAMILIES",
+    "SHAPE_SEEDS",
     "TUNING_SEEDS",
     "Family",
     "build_task",
@@ -35,6 +38,8 @@ TUNING_SEEDS = (1001, 1002, 1003)
 FIRST_REPORT_SEEDS = (1, 2, 3)
 #: Seeds of the draws reported for the current code, never used to tune anything.
 REPORT_SEEDS = (4, 5, 6)
+#: Seeds of the draws of :data:`SHAPE_FAMILIES` (report only, never tuned on).
+SHAPE_SEEDS = (7, 8)
 
 
 @dataclass(frozen=True)
@@ -50,29 +55,39 @@ class Family:
     image_size: int
 
 
-FAMILIES: dict[str, Family] = {
-    f.name: f
-    for f in (
-        Family("fashion10-10+10val-128px", "fashion", 10, 10, 10, 50, 128),
-        Family("fashion5-20-96px", "fashion", 5, 20, 0, 80, 96),
-        Family("fashion10-5-128px", "fashion", 10, 5, 0, 50, 128),
-        Family("digits10-20-64px", "digits", 10, 20, 0, 50, 64),
-        Family("fashion10-50-64px", "fashion", 10, 50, 0, 50, 64),
-        Family("digits6-10+10val-96px", "digits", 6, 10, 10, 50, 96),
-    )
-}
+def _by_name(*families: Family) -> dict[str, Family]:
+    return {f.name: f for f in families}
+
+
+FAMILIES: dict[str, Family] = _by_name(
+    Family("fashion10-10+10val-128px", "fashion", 10, 10, 10, 50, 128),
+    Family("fashion5-20-96px", "fashion", 5, 20, 0, 80, 96),
+    Family("fashion10-5-128px", "fashion", 10, 5, 0, 50, 128),
+    Family("digits10-20-64px", "digits", 10, 20, 0, 50, 64),
+    Family("fashion10-50-64px", "fashion", 10, 50, 0, 50, 64),
+    Family("digits6-10+10val-96px", "digits", 6, 10, 10, 50, 96),
+)
 
 
 #: Large tasks (at least 2,000 training images: the matrix's large cells), where the recipes
 #: fine-tune; bench/large.py. Same draws: tuning seeds and report seeds as above.
-LARGE_FAMILIES: dict[str, Family] = {
-    f.name: f
-    for f in (
-        Family("fashion10-200-32px", "fashion", 10, 200, 0, 100, 32),
-        Family("fashion5-400+50val-40px", "fashion", 5, 400, 50, 100, 40),
-        Family("fashion10-400-64px", "fashion", 10, 400, 0, 100, 64),
-    )
-}
+LARGE_FAMILIES: dict[str, Family] = _by_name(
+    Family("fashion10-200-32px", "fashion", 10, 200, 0, 100, 32),
+    Family("fashion5-400+50val-40px", "fashion", 5, 400, 50, 100, 40),
+    Family("fashion10-400-64px", "fashion", 10, 400, 0, 100, 64),
+)
+
+#: Other task shapes (bench/shapes.py): either side of the matrix's size line of 100 images per
+#: class that train, other class counts and sizes; drawn with :data:`SHAPE_SEEDS` only.
+SHAPE_FAMILIES: dict[str, Family] = _by_name(
+    Family("fashion7-15+5val-80px", "fashion", 7, 15, 5, 60, 80),
+    Family("digits10-40-48px", "digits", 10, 40, 0, 50, 48),
+    Family("fashion10-75-48px", "fashion", 10, 75, 0, 60, 48),
+    Family("fashion10-100-48px", "fashion", 10, 100, 0, 60, 48),
+    Family("fashion4-150+30val-56px", "fashion", 4, 150, 30, 100, 56),
+    Family("fashion10-250+50val-28px", "fashion", 10, 250, 50, 60, 28),
+    Family("fashion6-300-96px", "fashion", 6, 300, 0, 80, 96),
+)
 
 
 def _fashion() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -25,25 +25,11 @@ from pathlib import Path
 
 from common import write
 from heldout import HERE, TLKIT, _run
-from heldout_data import Family, build_task
+from heldout_data import SHAPE_FAMILIES, SHAPE_SEEDS, build_task
 from large import sklearn_probe
 
-SHAPES: dict[str, Family] = {
-    f.name: f
-    for f in (
-        Family("fashion7-15+5val-80px", "fashion", 7, 15, 5, 60, 80),
-        Family("digits10-40-48px", "digits", 10, 40, 0, 50, 48),
-        Family("fashion10-75-48px", "fashion", 10, 75, 0, 60, 48),
-        Family("fashion10-100-48px", "fashion", 10, 100, 0, 60, 48),
-        Family("fashion4-150+30val-56px", "fashion", 4, 150, 30, 100, 56),
-        Family("fashion10-250+50val-28px", "fashion", 10, 250, 50, 60, 28),
-        Family("fashion6-300-96px", "fashion", 6, 300, 0, 80, 96),
-    )
-}
 #: The reading of the figures (written by hand from them), appended to them.
 FINDINGS = HERE / "shapes_findings.md"
-#: Draws of these families: disjoint from the tuning (1001-1003) and report (1-6) seeds.
-SEEDS = (7, 8)
 
 
 def run_auto(task: Path, size: int, work: Path) -> dict:
@@ -77,7 +63,7 @@ def summarise(rows: list[dict]) -> str:
     ]
     gaps = []
     for r in rows:
-        a, s, f = r["auto"], r["sklearn"], SHAPES[r["family"]]
+        a, s, f = r["auto"], r["sklearn"], SHAPE_FAMILIES[r["family"]]
         gaps.append(a["test_acc"] - s["test_acc"])
         tuned = a["finetuned_test_acc"]
         if tuned is None and a["shipped"] == "finetuned":  # best.ckpt is the fine-tuned model
@@ -107,8 +93,8 @@ def summarise(rows: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", nargs="*", type=int, default=list(SEEDS))
-    parser.add_argument("--families", nargs="*", default=list(SHAPES))
+    parser.add_argument("--seeds", nargs="*", type=int, default=list(SHAPE_SEEDS))
+    parser.add_argument("--families", nargs="*", default=list(SHAPE_FAMILIES))
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "shapes")
     opts = parser.parse_args()
     opts.work.mkdir(parents=True, exist_ok=True)
@@ -119,7 +105,7 @@ def main() -> None:
         for name in opts.families:
             if (name, seed) in done:
                 continue
-            family = SHAPES[name]
+            family = SHAPE_FAMILIES[name]
             task = build_task(opts.work / "tasks", family, seed)
             row = {"family": name, "seed": seed,
                    "sklearn": sklearn_probe(task, family.image_size, opts.work),
@@ -128,7 +114,7 @@ def main() -> None:
             print(json.dumps(row), flush=True)
             with runs.open("a") as handle:
                 handle.write(json.dumps(row) + "\n")
-    order = list(SHAPES)
+    order = list(SHAPE_FAMILIES)
     rows.sort(key=lambda r: (order.index(r["family"]), r["seed"]))
     text = summarise(rows)
     if FINDINGS.exists():
