@@ -49,6 +49,10 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}"
 
 
+def _std(values: list[float]) -> float:
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
 def summarise(rows: list[dict]) -> str:
     lines = [
         "Draws: seeds "
@@ -80,13 +84,15 @@ def summarise(rows: list[dict]) -> str:
     lines += [
         "",
         f"auto - sklearn over {len(rows)} tasks: **{100 * statistics.mean(gaps):+.1f}** "
-        f"points (worst {100 * min(gaps):+.1f}, below on {sum(g < 0 for g in gaps)}).",
+        f"± {100 * _std(gaps):.1f} points (mean ± std over draws; worst "
+        f"{100 * min(gaps):+.1f}, below on {sum(g < 0 for g in gaps)}).",
     ]
     if large:
         over = [a["test_acc"] - a["probe_test_acc"] for a in large]
         lines.append(
             f"Large cells, shipped - exact probe over {len(large)} tasks: "
-            f"**{100 * statistics.mean(over):+.1f}** (worst {100 * min(over):+.1f})."
+            f"**{100 * statistics.mean(over):+.1f}** ± {100 * _std(over):.1f} "
+            f"(worst {100 * min(over):+.1f})."
         )
     return "\n".join(lines)
 
