@@ -42,6 +42,11 @@ VARIANTS: dict[str, list[str]] = {
     "mix14": ["--epochs", "14", "--trainer.callbacks+=" + json.dumps(MIXUP)],
     "lpft": ["--model.strategy_args.head_init", "probe"],
     "snap2": ["--trainer.callbacks+=" + json.dumps(SNAPSHOTS)],
+    "light": ["--data.augment", "light"],
+    "lr04": ["--model.lr", "0.04"],
+    "ld7": ["--model.strategy_args.layer_decay", "0.7"],
+    "ld1": ["--model.strategy_args.layer_decay", "1.0"],
+    "ls0": ["--model.label_smoothing", "0.0"],
 }
 #: The reading of the figures (written by hand from them), appended to them.
 FINDINGS = HERE / "large_options_findings.md"
@@ -52,6 +57,11 @@ DESCRIBED = {
     "mix14": "MixUp 0.8 / CutMix 1.0 (timm's Mixup), 14 epochs",
     "lpft": "head started from the exact probe (`head_init: probe`)",
     "snap2": "snapshot ensemble, 2 cosine cycles of 5 epochs (what ships is unchanged)",
+    "light": "light augmentation (crop and flip only)",
+    "lr04": "peak LR 0.04 (twice the recipe's)",
+    "ld7": "layer-wise LR decay 0.7 (the recipe: 0.9)",
+    "ld1": "no layer-wise LR decay (1.0)",
+    "ls0": "no label smoothing (the recipe: 0.1)",
 }
 
 
