@@ -19,6 +19,7 @@ ORDER = [
     "large_options",
     "shapes",
     "probe_wall",
+    "advise_threads",
     "heldout_rules",
     "overhead",
     "cache",

@@ -25,6 +25,7 @@ import contextlib
 import math
 from collections import Counter
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -97,19 +98,20 @@ def stratified_folds(
 
 
 @contextlib.contextmanager
-def _one_thread() -> Iterator[None]:
-    """One thread, torch's default kernels: thousands of small solves are fastest so, and results
-    are the same bit for bit on every run. Many threads on small matrices mostly wait on each
-    other (far worse on a busy CPU), and the deterministic mode that recipes turn on for training
-    (``use_deterministic_algorithms``) slows these kernels threefold without changing them on
-    one CPU thread."""
+def _one_thread() -> Iterator[int]:
+    """One thread per solve, torch's default kernels: thousands of small solves are fastest so,
+    and results are the same bit for bit on every run. Many threads on small matrices mostly wait
+    on each other (far worse on a busy CPU), and the deterministic mode that recipes turn on for
+    training (``use_deterministic_algorithms``) slows these kernels threefold without changing
+    them on one CPU thread. Yields the thread count torch had: independent solves can run that
+    many at once, each on its own thread (:func:`cv_path`)."""
     threads = torch.get_num_threads()
     deterministic = torch.are_deterministic_algorithms_enabled()
     warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(False)
     try:
-        yield
+        yield threads
     finally:
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
@@ -259,7 +261,6 @@ class CVPath:
         return self.accuracy[self.best if index is None else index]
 
 
-@_one_thread()
 def cv_path(
     features: torch.Tensor,
     labels: torch.Tensor | np.ndarray,
@@ -269,7 +270,9 @@ def cv_path(
 ) -> CVPath:
     """Held-out accuracy and loss of the standardised logistic probe along ``grid``, per split.
 
-    Standardisation is fitted on each split's training part only, so nothing leaks.
+    Standardisation is fitted on each split's training part only, so nothing leaks. The splits
+    are solved side by side, one per torch thread (each solve on one thread, so the result does
+    not depend on how many ran at once).
 
     Args:
         features: ``(N, D)`` features.
@@ -285,21 +288,26 @@ def cv_path(
     x = torch.as_tensor(np.asarray(features), dtype=torch.float64)
     y = torch.as_tensor(np.asarray(labels), dtype=torch.int64)
     classes = int(y.max()) + 1
-    prepared = [(*_prepare(x, train, test), y[train], y[test]) for train, test in splits]
-    states: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(splits)
-    accuracy = np.zeros((len(grid), len(splits)))
-    loss = np.zeros((len(grid), len(splits)))
-    best, worse = -1.0, 0
-    for g, l2 in enumerate(grid):
-        for s, (x_train, x_test, y_train, y_test) in enumerate(prepared):
-            states[s] = fit_logistic(x_train, y_train, classes, l2, init=states[s], **_LOOSE)
-            logits = torch.addmm(states[s][1], x_test, states[s][0].T)
-            accuracy[g, s] = float((logits.argmax(1) == y_test).double().mean())
-            loss[g, s] = float(torch.nn.functional.cross_entropy(logits, y_test))
-        mean = float(accuracy[g].mean())
-        best, worse = (mean, 0) if mean > best else (best, worse + 1)
-        if worse >= patience:  # past the peak: weaker strengths cost most and fit worse
-            return CVPath(tuple(grid[: g + 1]), accuracy[: g + 1], loss[: g + 1])
+    with _one_thread() as threads, ThreadPoolExecutor(max(1, min(threads, len(splits)))) as pool:
+        prepared = list(pool.map(lambda s: (*_prepare(x, *s), y[s[0]], y[s[1]]), splits))
+        states: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(splits)
+        accuracy = np.zeros((len(grid), len(splits)))
+        loss = np.zeros((len(grid), len(splits)))
+        best, worse = -1.0, 0
+
+        def solve(split: tuple, l2: float, init: tuple | None) -> tuple[torch.Tensor, torch.Tensor]:
+            return fit_logistic(split[0], split[2], classes, l2, init=init, **_LOOSE)
+
+        for g, l2 in enumerate(grid):
+            states = list(pool.map(solve, prepared, [l2] * len(splits), states))
+            for s, (_, x_test, _, y_test) in enumerate(prepared):
+                logits = torch.addmm(states[s][1], x_test, states[s][0].T)
+                accuracy[g, s] = float((logits.argmax(1) == y_test).double().mean())
+                loss[g, s] = float(torch.nn.functional.cross_entropy(logits, y_test))
+            mean = float(accuracy[g].mean())
+            best, worse = (mean, 0) if mean > best else (best, worse + 1)
+            if worse >= patience:  # past the peak: weaker strengths cost most and fit worse
+                return CVPath(tuple(grid[: g + 1]), accuracy[: g + 1], loss[: g + 1])
     return CVPath(tuple(grid), accuracy, loss)
 
 

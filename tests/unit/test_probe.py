@@ -72,6 +72,23 @@ def test_the_path_stops_once_weaker_strengths_stop_helping() -> None:
     assert short.folds().mean() == pytest.approx(full.accuracy[: len(short.l2)].mean(1).max())
 
 
+def test_the_path_is_the_same_bit_for_bit_on_any_number_of_threads() -> None:
+    x, y = _blobs(40, 300, sep=3.0)  # 5 folds of 96 training rows: span-reduced solves
+    splits = stratified_folds(y.numpy(), 5, 1, seed=0)
+    threads = torch.get_num_threads()
+    try:
+        paths = []
+        for count in (1, 3):
+            torch.set_num_threads(count)
+            paths.append(cv_path(x, y.numpy(), splits))
+            assert torch.get_num_threads() == count  # what the run had is given back
+    finally:
+        torch.set_num_threads(threads)
+    assert paths[0].l2 == paths[1].l2
+    assert np.array_equal(paths[0].accuracy, paths[1].accuracy)
+    assert np.array_equal(paths[0].loss, paths[1].loss)
+
+
 @pytest.mark.parametrize("standardize", [True, False])
 def test_a_head_computes_what_the_probe_computes(standardize: bool) -> None:
     x, y = _blobs(10, 16)
