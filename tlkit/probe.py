@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -56,6 +56,8 @@ L2_GRID: tuple[float, ...] = tuple(float(v) for v in np.logspace(1, -4, 11))
 Splits = Sequence[tuple[np.ndarray, np.ndarray]]
 #: Solver settings while scoring: accuracy is settled long before the last digits of the loss.
 _LOOSE = {"max_iter": 100, "tolerance_grad": 1e-4}
+#: Entries of a split's (span-reduced) training matrix from which folds are solved side by side.
+_PARALLEL_SIZE = 2**15
 
 
 def stratified_folds(
@@ -115,6 +117,18 @@ def _one_thread() -> Iterator[int]:
     finally:
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+
+
+@contextlib.contextmanager
+def _solver_map(threads: int, size: int) -> Iterator[Callable]:
+    """``map`` over independent solves: on ``threads`` threads at once when each solve's training
+    matrix has at least :data:`_PARALLEL_SIZE` entries (``size``); smaller solves spend their
+    time in L-BFGS's Python code, which holds the GIL, and run faster one after another."""
+    if threads < 2 or size < _PARALLEL_SIZE:
+        yield map
+        return
+    with ThreadPoolExecutor(threads) as pool:
+        yield pool.map
 
 
 def cv_rows(
@@ -270,9 +284,9 @@ def cv_path(
 ) -> CVPath:
     """Held-out accuracy and loss of the standardised logistic probe along ``grid``, per split.
 
-    Standardisation is fitted on each split's training part only, so nothing leaks. The splits
-    are solved side by side, one per torch thread (each solve on one thread, so the result does
-    not depend on how many ran at once).
+    Standardisation is fitted on each split's training part only, so nothing leaks. Large
+    enough splits are solved side by side, one per torch thread (:func:`_solver_map`); each
+    solve runs on one thread, so the result does not depend on how many ran at once.
 
     Args:
         features: ``(N, D)`` features.
@@ -288,8 +302,10 @@ def cv_path(
     x = torch.as_tensor(np.asarray(features), dtype=torch.float64)
     y = torch.as_tensor(np.asarray(labels), dtype=torch.int64)
     classes = int(y.max()) + 1
-    with _one_thread() as threads, ThreadPoolExecutor(max(1, min(threads, len(splits)))) as pool:
-        prepared = list(pool.map(lambda s: (*_prepare(x, *s), y[s[0]], y[s[1]]), splits))
+    rows = len(splits[0][0]) if len(splits) else 0
+    size = rows * min(rows, x.shape[1])  # entries of a training matrix, after span reduction
+    with _one_thread() as threads, _solver_map(min(threads, len(splits)), size) as run:
+        prepared = list(run(lambda s: (*_prepare(x, *s), y[s[0]], y[s[1]]), splits))
         states: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(splits)
         accuracy = np.zeros((len(grid), len(splits)))
         loss = np.zeros((len(grid), len(splits)))
@@ -299,7 +315,7 @@ def cv_path(
             return fit_logistic(split[0], split[2], classes, l2, init=init, **_LOOSE)
 
         for g, l2 in enumerate(grid):
-            states = list(pool.map(solve, prepared, [l2] * len(splits), states))
+            states = list(run(solve, prepared, [l2] * len(splits), states))
             for s, (_, x_test, _, y_test) in enumerate(prepared):
                 logits = torch.addmm(states[s][1], x_test, states[s][0].T)
                 accuracy[g, s] = float((logits.argmax(1) == y_test).double().mean())
