@@ -21,13 +21,11 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 from common import write
-from heldout import TLKIT
+from heldout import TLKIT, _run
 from heldout_data import LARGE_FAMILIES, TUNING_SEEDS, build_task
 from probe_wall import TASK as WALL_TASK
 
@@ -39,13 +37,10 @@ TASKS = [
 
 
 def _advise(task: Path, size: int, threads: int | None, cache: Path) -> tuple[float, dict]:
-    env = {**os.environ, "TLKIT_CACHE_DIR": str(cache), "PYTHONWARNINGS": "ignore"}
-    if threads is not None:
-        env["OMP_NUM_THREADS"] = str(threads)
+    env = {} if threads is None else {"OMP_NUM_THREADS": str(threads)}
     command = [*TLKIT, "advise", "--data", str(task), "--image-size", str(size), "--json"]
-    start = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, env=env, check=True)
-    return time.perf_counter() - start, json.loads(done.stdout)
+    seconds, out = _run(command, cache, env)
+    return seconds, json.loads(out)
 
 
 def main() -> None:

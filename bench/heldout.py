@@ -34,8 +34,10 @@ HERE = Path(__file__).resolve().parent
 TLKIT = [str(Path(sys.executable).parent / "tlkit")]
 
 
-def _run(command: list[str], cache: Path) -> tuple[float, str]:
-    env = {**os.environ, "TLKIT_CACHE_DIR": str(cache), "PYTHONWARNINGS": "ignore"}
+def _run(command: list[str], cache: Path, env: dict[str, str] | None = None) -> tuple[float, str]:
+    """Wall seconds and stdout of ``command`` as its own process, with its feature cache at
+    ``cache`` and ``env`` added to the environment."""
+    env = {**os.environ, "TLKIT_CACHE_DIR": str(cache), "PYTHONWARNINGS": "ignore", **(env or {})}
     start = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
     seconds = time.perf_counter() - start
