@@ -11,7 +11,9 @@ exact probe as members (what a three-member ensemble would ship; the run itself 
 
 Run: python bench/large_options.py --draws tuning --work /tmp/large-options
      [--variants base lpft ...] [--tasks fashion10-400-64px:1001 ...]
-Two processes over different --tasks share a --work (they append to one file).
+Two processes over different --tasks share a --work (they append to one file). Fitting times
+are compared with the ``base`` run of the same ``--batch`` (a label of runs made at the same
+time: this machine's speed drifts from hour to hour).
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ VARIANTS: dict[str, list[str]] = {
     "ld7": ["--model.strategy_args.layer_decay", "0.7"],
     "ld1": ["--model.strategy_args.layer_decay", "1.0"],
     "ls0": ["--model.label_smoothing", "0.0"],
+    "os8": ["--model.output_stride", "8"],
+    "os8e6": ["--model.output_stride", "8", "--epochs", "6"],
 }
 #: The reading of the figures (written by hand from them), appended to them.
 FINDINGS = HERE / "large_options_findings.md"
@@ -62,10 +66,12 @@ DESCRIBED = {
     "ld7": "layer-wise LR decay 0.7 (the recipe: 0.9)",
     "ld1": "no layer-wise LR decay (1.0)",
     "ls0": "no label smoothing (the recipe: 0.1)",
+    "os8": "dilated to output stride 8 (timm `output_stride`; the recipe: 32)",
+    "os8e6": "output stride 8, 6 epochs",
 }
 
 
-def run(work: Path, variant: str, task: Path, size: int) -> dict | None:
+def run(work: Path, variant: str, task: Path, size: int, batch: int) -> dict | None:
     out = work / "runs" / f"{variant}-{task.name}"
     if (out / "metrics.json").exists():
         return None
@@ -77,7 +83,7 @@ def run(work: Path, variant: str, task: Path, size: int) -> dict | None:
     return {"variant": variant, "task": task.name, "wall": round(wall), "fit": m["fit_seconds"],
             "probe": m["probe_test_acc"], "ft": m.get("finetuned_test_acc", m["test_acc"]),
             "ens": m.get("ensemble_test_acc"), "shipped": m["test_acc"],
-            "ship": m.get("shipped")}  # fmt: skip
+            "ship": m.get("shipped"), "batch": batch}  # fmt: skip
 
 
 def score_snapshots(work: Path, out: Path) -> dict:
@@ -135,6 +141,9 @@ def summarise(rows: list[dict], draws: str) -> str:
         "|---|---|---|---|---|---|---|",
     ]
 
+    # fitting time is compared with the base run of the same batch (runs made at the same time)
+    base_fit = {(r["task"], r.get("batch", 1)): r["fit"] for r in rows if r["variant"] == "base"}
+
     def rel(v: str, key: str, t: str) -> float:
         return 100 * (by[v, t][key] - by[v, t]["probe"])
 
@@ -142,7 +151,8 @@ def summarise(rows: list[dict], draws: str) -> str:
         mine = [t for t in tasks if (v, t) in by]
         both = [t for t in mine if ("base", t) in by]
         vs = [100 * (by[v, t]["shipped"] - by["base", t]["shipped"]) for t in both]
-        fit = [by[v, t]["fit"] / by["base", t]["fit"] for t in both]
+        fit = [by[v, t]["fit"] / base_fit[t, by[v, t].get("batch", 1)] for t in both
+               if (t, by[v, t].get("batch", 1)) in base_fit]  # fmt: skip
         lines.append(
             f"| {v}: {DESCRIBED[v]} | {len(mine)} | {_pm([rel(v, 'shipped', t) for t in mine])} "
             f"| {_pm([rel(v, 'ft', t) for t in mine])} | {_pm([rel(v, 'ens', t) for t in mine])} "
@@ -187,6 +197,8 @@ def main() -> None:
                         help="family:seed pairs (default: every family's every draw)")  # fmt: skip
     parser.add_argument("--work", type=Path, default=Path("/tmp/large-options"))
     parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--batch", type=int, default=1,
+                        help="label of runs made together; fit times compare in one")  # fmt: skip
     opts = parser.parse_args()
     os.environ["OMP_NUM_THREADS"] = "1"  # one torch thread per run (two fit side by side)
     seeds = REPORT_SEEDS if opts.draws == "report" else TUNING_SEEDS
@@ -200,7 +212,7 @@ def main() -> None:
         family = LARGE_FAMILIES[name]
         task = build_task(opts.work / "tasks", family, int(seed))
         for variant in opts.variants:
-            row = run(opts.work, variant, task, family.image_size)
+            row = run(opts.work, variant, task, family.image_size, opts.batch)
             if row is not None:
                 print(json.dumps(row), flush=True)
                 with log.open("a") as handle:

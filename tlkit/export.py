@@ -67,9 +67,11 @@ def _metadata(loaded: LoadedModel, weights_file: Path | None) -> dict:
         },
     }
     if weights_file is not None:
+        stride = loaded.model.hparams.get("output_stride")
         meta["timm"] = (
             f"timm.create_model('{name}', num_classes={num}, pretrained=True, "
-            f"pretrained_cfg_overlay=dict(file='{weights_file}', num_classes={num}))"
+            + (f"output_stride={stride}, " if stride else "")
+            + f"pretrained_cfg_overlay=dict(file='{weights_file}', num_classes={num}))"
         )
     return meta
 
@@ -114,8 +116,10 @@ def export(loaded: LoadedModel, out: str | Path, fmt: str = "safetensors") -> li
             save_file(timm_state_dict(loaded), str(tmp))
         name, num = module.hparams.backbone, len(loaded.class_names)
         overlay = {"file": str(target), "num_classes": num}
+        stride = module.hparams.get("output_stride")
+        dilated = {"output_stride": stride} if stride else {}
         rebuilt = timm.create_model(
-            name, num_classes=num, pretrained=True, pretrained_cfg_overlay=overlay
+            name, num_classes=num, pretrained=True, pretrained_cfg_overlay=overlay, **dilated
         )
         with torch.inference_mode():
             _check_same(reference, rebuilt.eval()(example), fmt)

@@ -52,6 +52,8 @@ def _check_model(given: dict[str, Any]) -> None:
         raise TlkitError(f"label_smoothing must be in [0, 1), got {given['label_smoothing']}")
     if given["drop_path_rate"] is not None:
         check_number("drop_path_rate", given["drop_path_rate"], minimum=0, below=1)
+    if given["output_stride"] not in (None, 8, 16, 32):
+        raise TlkitError(f"output_stride must be 8, 16 or 32, got {given['output_stride']!r}")
     check_type("pool", given["pool"], str, "avg or fmp")
     if given["pool"] not in POOLS:
         raise unknown_name("pool", given["pool"], POOLS)

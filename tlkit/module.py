@@ -76,6 +76,8 @@ class TransferModule(L.LightningModule):
         dropout: Dropout before the head's linear layer(s).
         label_smoothing: Cross-entropy label smoothing.
         drop_path_rate: Stochastic depth of the backbone (timm ``drop_path_rate``).
+        output_stride: Dilate the backbone's later stages so its feature maps are 1/8 or 1/16 of
+            the input, not 1/32 (timm ``output_stride``): more detail from small images, at a cost.
         optimizer: ``sgd``, ``momentum``, ``nesterov``, ``adagrad``, ``rmsprop``, ``adam``,
             ``adamw``.
         lr: Learning rate of the head; backbone groups get ``lr`` times their layer-decay scale.
@@ -90,9 +92,8 @@ class TransferModule(L.LightningModule):
             epoch (geometric); each epoch fits the head to convergence on the full batch of
             cached features, and the best checkpoint by validation accuracy picks the strength.
         lbfgs_max_iter: L-BFGS iterations per epoch.
-        pool: How the backbone's last feature map is pooled: ``avg`` (the backbone's own global
-            pooling) or ``fmp`` (fractional max pooling first, Graham 2014: a regulariser while
-            the backbone trains; :class:`~tlkit.heads.FractionalMaxPool`).
+        pool: ``avg`` (the backbone's global pooling) or ``fmp`` (fractional max pooling first,
+            Graham 2014: a regulariser while it trains; :class:`~tlkit.heads.FractionalMaxPool`).
         channels_last: Run the backbone in channels-last memory format (faster convolutions
             on some CPUs and on GPUs with bf16; measured in ``bench/precision.py``).
         solver: ``epochs`` (the optimizer, epoch by epoch), ``exact`` (a frozen backbone and a
@@ -115,6 +116,7 @@ class TransferModule(L.LightningModule):
         dropout: float = 0.0,
         label_smoothing: float = 0.0,
         drop_path_rate: float | None = None,
+        output_stride: int | None = None,
         optimizer: str = "adamw",
         lr: float = 1e-3,
         weight_decay: float = 1e-4,
@@ -135,7 +137,8 @@ class TransferModule(L.LightningModule):
         self.save_hyperparameters()
         self.strategy: Strategy = create_strategy(strategy, **(strategy_args or {}))
         check_strategy(self.strategy, optimizer, solver, head_hidden, pool)
-        extra = {} if drop_path_rate is None else {"drop_path_rate": drop_path_rate}
+        extra = {"drop_path_rate": drop_path_rate, "output_stride": output_stride}
+        extra = {key: value for key, value in extra.items() if value is not None}
         self.backbone = create_backbone(
             backbone, weights=weights, pretrained=pretrained, trust_weights=trust_weights, **extra
         )
@@ -389,10 +392,8 @@ class TransferModule(L.LightningModule):
             step_epochs=hp.step_epochs,
         )
         scheduler = schedule_lr(optimizer, lambda step: schedule(step, steps.total))
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
-        }
+        lr_scheduler = {"scheduler": scheduler, "interval": "step"}
+        return {"optimizer": optimizer, "lr_scheduler": lr_scheduler}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Checkpoints hold every weight, so reloading one needs no pretrained download."""

@@ -180,7 +180,7 @@ MODULE_SETTINGS = (
     "num_classes", "weights", "pretrained", "trust_weights", "strategy", "strategy_args",
     "head_hidden", "dropout", "label_smoothing", "drop_path_rate", "optimizer", "lr",
     "weight_decay", "momentum", "scheduler", "warmup_epochs", "gamma", "step_epochs",
-    "class_names", "l2_range", "lbfgs_max_iter", "channels_last",
+    "class_names", "l2_range", "lbfgs_max_iter", "channels_last", "output_stride",
 )  # fmt: skip
 DATA_SETTINGS = (
     "image_size", "batch_size", "num_workers", "shots", "val_fraction", "test_fraction", "seed",
