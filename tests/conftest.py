@@ -11,11 +11,25 @@ import torch
 from helpers import write_shapes
 
 
+def _cores() -> int:
+    """The cores this process may run on (its CPU affinity where the OS reports one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
+    """``-n auto``: one worker per core this process may run on, at most 8 (each holds models)."""
+    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
+        return None  # xdist reads it
+    return min(_cores(), 8)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     """Under ``pytest -n N`` each worker, and what it starts, gets its share of the cores."""
     workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
     if workers:
-        threads = max(1, len(os.sched_getaffinity(0)) // int(workers))
+        threads = max(1, _cores() // int(workers))
         torch.set_num_threads(threads)
         os.environ["OMP_NUM_THREADS"] = str(threads)
 
