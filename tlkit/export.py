@@ -51,6 +51,12 @@ def timm_state_dict(loaded: LoadedModel) -> dict[str, torch.Tensor]:
     return state
 
 
+def _timm_args(model) -> dict:
+    """What ``timm.create_model`` needs besides the name to build the same network as ``model``."""
+    stride = model.hparams.get("output_stride")
+    return {"output_stride": stride} if stride else {}
+
+
 def _metadata(loaded: LoadedModel, weights_file: Path | None) -> dict:
     spec = loaded.pipeline()
     name, num = loaded.model.hparams.backbone, len(loaded.class_names)
@@ -67,11 +73,10 @@ def _metadata(loaded: LoadedModel, weights_file: Path | None) -> dict:
         },
     }
     if weights_file is not None:
-        stride = loaded.model.hparams.get("output_stride")
+        extra = "".join(f"{key}={value}, " for key, value in _timm_args(loaded.model).items())
         meta["timm"] = (
-            f"timm.create_model('{name}', num_classes={num}, pretrained=True, "
-            + (f"output_stride={stride}, " if stride else "")
-            + f"pretrained_cfg_overlay=dict(file='{weights_file}', num_classes={num}))"
+            f"timm.create_model('{name}', num_classes={num}, pretrained=True, {extra}"
+            f"pretrained_cfg_overlay=dict(file='{weights_file}', num_classes={num}))"
         )
     return meta
 
@@ -116,10 +121,12 @@ def export(loaded: LoadedModel, out: str | Path, fmt: str = "safetensors") -> li
             save_file(timm_state_dict(loaded), str(tmp))
         name, num = module.hparams.backbone, len(loaded.class_names)
         overlay = {"file": str(target), "num_classes": num}
-        stride = module.hparams.get("output_stride")
-        dilated = {"output_stride": stride} if stride else {}
         rebuilt = timm.create_model(
-            name, num_classes=num, pretrained=True, pretrained_cfg_overlay=overlay, **dilated
+            name,
+            num_classes=num,
+            pretrained=True,
+            pretrained_cfg_overlay=overlay,
+            **_timm_args(module),
         )
         with torch.inference_mode():
             _check_same(reference, rebuilt.eval()(example), fmt)
