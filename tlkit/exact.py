@@ -56,6 +56,7 @@ class ExactFit:
         labelled: Number of labelled images (train + val).
         val_acc: Accuracy on val of the probe fitted on train alone (``None`` without val).
         folds: Folds per repeat of the cross-validation.
+        on_train: The probe fitted on train alone (``None`` without val): what ``val_acc`` scores.
     """
 
     probe: Probe
@@ -63,6 +64,7 @@ class ExactFit:
     labelled: int
     val_acc: float | None
     folds: int = 5
+    on_train: Probe | None = None
 
     def record(self, tested: int | None) -> dict[str, Any]:
         """Plain data for metrics.json."""
@@ -112,14 +114,14 @@ def fit_exact(
     path = cv_path(x[torch.as_tensor(rows)], y.numpy()[rows], splits)
     candidate = Candidate(name, stages, int(x.shape[1]), path)
     probe = fit_probe(x, y, rescale_l2(candidate.l2, len(rows), len(y)), classes)
-    val_acc = None
+    val_acc = on_train = None
     train_x, train_y = features["train"]
     if len(features["val"][1]):
         strength = rescale_l2(candidate.l2, len(rows), len(train_y))
         on_train = fit_probe(train_x, train_y, strength, classes)
         val_acc = on_train.accuracy(features["val"][0], features["val"][1])
     repeats = cv_repeats(len(rows))
-    return ExactFit(probe, candidate, len(y), val_acc, len(splits) // repeats)
+    return ExactFit(probe, candidate, len(y), val_acc, len(splits) // repeats, on_train)
 
 
 @torch.no_grad()

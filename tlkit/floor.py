@@ -155,13 +155,22 @@ def _accuracy(probs: torch.Tensor, labels: torch.Tensor) -> float:
     return float((probs.argmax(-1) == labels).float().mean())
 
 
-def _ensemble(floor: ProbeFloor, model, datamodule) -> dict[str, Any] | None:
-    """Validation and test probabilities of the probe + fine-tuned ensemble, or ``None`` when
-    the splits cannot be paired (no validation split, or a different order of images)."""
+def _ensemble(floor: ProbeFloor, model, datamodule, seed: int) -> dict[str, Any] | None:
+    """Validation and test probabilities of the ensemble of the probe and the fine-tuned network
+    with its head refitted exactly (:mod:`tlkit.head_refit`; the trained head when it cannot
+    be), or ``None`` when the splits cannot be paired (no validation split, or a different
+    order of images)."""
+    from tlkit.head_refit import refit_head
+
     if floor.val_probs is None or floor.val_labels is None or not len(floor.test_labels):
         return None
-    tuned_val, val_labels = _probabilities(model, datamodule.val_dataloader())
-    tuned_test, test_labels = _probabilities(model, datamodule.test_dataloader())
+    refit = refit_head(model, datamodule, seed)
+    if refit is None:
+        tuned_val, val_labels = _probabilities(model, datamodule.val_dataloader())
+        tuned_test, test_labels = _probabilities(model, datamodule.test_dataloader())
+    else:
+        tuned_val, val_labels = refit.val_probs, refit.val_labels
+        tuned_test, test_labels = refit.test_probs, refit.test_labels
     paired = torch.equal(val_labels, floor.val_labels.cpu()) and torch.equal(
         test_labels, floor.test_labels.cpu()
     )
@@ -170,10 +179,12 @@ def _ensemble(floor: ProbeFloor, model, datamodule) -> dict[str, Any] | None:
     val = (tuned_val + floor.val_probs) / 2
     test = (tuned_test + floor.test_probs) / 2
     return {"val_acc": _accuracy(val, val_labels), "test_probs": test,
-            "test_acc": _accuracy(test, test_labels)}  # fmt: skip
+            "test_acc": _accuracy(test, test_labels), "refit": refit}  # fmt: skip
 
 
-def settle(floor: ProbeFloor, metrics: dict[str, Any], model, datamodule) -> list | None:
+def settle(
+    floor: ProbeFloor, metrics: dict[str, Any], model, datamodule, seed: int = 42
+) -> list | None:
     """Ship the best of the probe, the fine-tuned model and their ensemble on validation;
     update ``metrics`` to say which.
 
@@ -189,6 +200,7 @@ def settle(floor: ProbeFloor, metrics: dict[str, Any], model, datamodule) -> lis
             ``best_checkpoint``); updated in place.
         model: The fine-tuned module, holding its best checkpoint's weights.
         datamodule: The run's datamodule (class names, checkpoint hyperparameters).
+        seed: Seed of the folds that choose the refitted head's L2 strength.
 
     Returns:
         The winner's test confusion matrix when it is not the fine-tuned model, else ``None``.
@@ -198,9 +210,11 @@ def settle(floor: ProbeFloor, metrics: dict[str, Any], model, datamodule) -> lis
     if probe_val is None or tuned_val is None:
         metrics.update(shipped="finetuned", probe_verdict=_verdict(floor, metrics, "finetuned"))
         return None
-    ensemble = _ensemble(floor, model, datamodule)
+    ensemble = _ensemble(floor, model, datamodule, seed)
     if ensemble is not None:
         metrics.update(ensemble_val_acc=ensemble["val_acc"], ensemble_test_acc=ensemble["test_acc"])
+        if ensemble["refit"] is not None:
+            metrics["ensemble_head"] = ensemble["refit"].record
     mean = None if ensemble is None else ensemble["val_acc"]
     count = 0 if floor.val_labels is None else len(floor.val_labels)
     winner = ship(tuned_val, probe_val, mean, count)
@@ -211,7 +225,7 @@ def settle(floor: ProbeFloor, metrics: dict[str, Any], model, datamodule) -> lis
     tuned = best.with_name(FINETUNED_NAME)
     best.replace(tuned)
     if winner == "ensemble":
-        _write_ensemble_checkpoint(floor, model, datamodule, best)
+        _write_ensemble_checkpoint(floor, model, datamodule, best, ensemble["refit"])
         probs, val_acc = ensemble["test_probs"], ensemble["val_acc"]
     else:
         _write_probe_checkpoint(floor, model, datamodule, best)
@@ -261,9 +275,10 @@ def _verdict(floor: ProbeFloor, metrics: dict[str, Any], winner: str) -> str:
                 "the fine-tuned model")  # fmt: skip
     if winner == "ensemble":
         mean = metrics["ensemble_val_acc"]
+        refitted = " (its head refitted exactly)" if "ensemble_head" in metrics else ""
         return (
-            f"the ensemble of the fine-tuned model and the exact probe on {name} is within the "
-            f"noise of both or above them on validation ({100 * mean:.1f} % vs "
+            f"the ensemble of the fine-tuned model{refitted} and the exact probe on {name} is "
+            f"within the noise of both or above them on validation ({100 * mean:.1f} % vs "
             f"{100 * tuned_val:.1f} % fine-tuned, {100 * probe_val:.1f} % probe): best.ckpt "
             f"is the ensemble, the fine-tuned model is {FINETUNED_NAME}"
         )
@@ -321,24 +336,17 @@ def _recalibrated_probe(model, datamodule, l2: float) -> Probe:
     the evaluation transform; torch's ``update_bn``, a cumulative average), then fit the probe
     on the features the network gives in eval mode. The global RNG is left as it was."""
     from torch.optim.swa_utils import update_bn
-    from torch.utils.data import DataLoader
 
-    from tlkit.data.datasets import ImageDataset
-    from tlkit.transforms import build_pipeline, eval_transform
+    from tlkit.head_refit import eval_features, eval_loader
 
-    split = datamodule.check_images()["train"]
-    images = ImageDataset(split, build_pipeline(eval_transform(datamodule.spec)))
-    batch = datamodule.hparams.batch_size
     was_training = model.training
     with torch.random.fork_rng(devices=[]):
-        update_bn(DataLoader(images, batch_size=batch), model.backbone, model.device)
+        loader = eval_loader(datamodule, "train", datamodule.hparams.batch_size)
+        update_bn(loader, model.backbone, model.device)
         model.eval()
-        features, labels = [], []
-        for x, y in DataLoader(images, batch_size=max(64, batch)):
-            features.append(model.encode(x.to(model.device)).float().cpu())
-            labels.append(y)
+        features, labels = eval_features(model, eval_loader(datamodule, "train"))
     model.train(was_training)
-    return fit_probe(torch.cat(features), torch.cat(labels), l2, datamodule.num_classes)
+    return fit_probe(features, labels, l2, datamodule.num_classes)
 
 
 def probe_spec(stage) -> dict[str, Any]:
@@ -361,8 +369,9 @@ def probe_network(settings, stage, fitted: Probe):
     return network
 
 
-def _write_ensemble_checkpoint(floor: ProbeFloor, model, datamodule, path: Path) -> None:
-    """The fine-tuned model with the probe as its ``probe_partner`` at ``path``."""
+def _write_ensemble_checkpoint(floor: ProbeFloor, model, datamodule, path: Path, refit) -> None:
+    """The fine-tuned model (its head the refitted one, when ``refit`` is not ``None``) with the
+    probe as its ``probe_partner`` at ``path``."""
     from tlkit.exact import install_probe, write_checkpoint
     from tlkit.probe_ensemble import ProbeEnsemble
 
@@ -372,6 +381,8 @@ def _write_ensemble_checkpoint(floor: ProbeFloor, model, datamodule, path: Path)
     missing, unexpected = ensemble.load_state_dict(model.state_dict(), strict=False)
     assert not unexpected and all(k.startswith("probe_partner.") for k in missing)
     install_probe(ensemble.probe_partner.head, floor.fitted)
+    if refit is not None:
+        install_probe(ensemble.head, refit.probe)
     write_checkpoint(ensemble, datamodule, path)
 
 

@@ -48,14 +48,20 @@ def _datamodule(data: Path, tiny: list[str]):
     return dm
 
 
-def _test_accuracy(checkpoint: Path, folder: Path) -> float:
+def _test_probs(checkpoint: Path, folder: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """What ``tlkit predict`` gives for every image of ``folder``, and the labels."""
     items, labels = [], []
     for label, class_dir in enumerate(sorted(folder.iterdir())):
         for image in sorted(class_dir.iterdir()):
             items.append(str(image))
             labels.append(label)
     probs = ensemble_probabilities([load_checkpoint(checkpoint)], items, progress=False)
-    return float((probs.argmax(1) == torch.tensor(labels)).float().mean())
+    return probs, torch.tensor(labels)
+
+
+def _test_accuracy(checkpoint: Path, folder: Path) -> float:
+    probs, labels = _test_probs(checkpoint, folder)
+    return float((probs.argmax(1) == labels).float().mean())
 
 
 def test_when_fine_tuning_loses_on_validation_best_ckpt_is_the_probe(data, tiny, capsys):
@@ -103,6 +109,7 @@ def test_an_ensemble_that_beats_both_members_on_validation_ships_and_predicts_as
     tmp_path, data, tiny
 ):
     from tlkit.floor import _probabilities, probe_floor, settle
+    from tlkit.head_refit import refit_head
     from tlkit.module import TransferModule
 
     backbone, weights = tiny[1], tiny[3]
@@ -112,9 +119,11 @@ def test_an_ensemble_that_beats_both_members_on_validation_ships_and_predicts_as
     # Lightning's CLI records how it built the model among its hyperparameters.
     model.hparams["_instantiator"] = "lightning.pytorch.cli.instantiate_module"
     floor = probe_floor(dm, model)
-    tuned, labels = _probabilities(model, dm.val_dataloader())  # an untrained head: near chance
+    # The ensemble's fine-tuned member is the network with its head refitted exactly.
+    refit = refit_head(model, dm)
+    tuned, labels = refit.val_probs, refit.val_labels
     assert torch.equal(labels, floor.val_labels)
-    # A probe that is sure where the fine-tuned model errs and leans (barely) the wrong way
+    # A probe that is sure where the fine-tuned member errs and leans (barely) the wrong way
     # where it is right: each member alone loses to their mean on validation.
     right = tuned.argmax(-1) == labels
     wrong_class = (labels + 1) % dm.num_classes
@@ -134,14 +143,20 @@ def test_an_ensemble_that_beats_both_members_on_validation_ships_and_predicts_as
     settle(floor, metrics, model, dm)
     assert metrics["shipped"] == "ensemble", metrics["probe_verdict"]
     assert metrics["val_acc"] == 1.0 and metrics["finetuned_test_acc"] == test_acc
+    assert "(its head refitted exactly)" in metrics["probe_verdict"]
     assert "best.ckpt is the ensemble" in metrics["probe_verdict"]
+    assert metrics["ensemble_head"]["l2"] == refit.probe.l2
     loaded = load_checkpoint(best).model
     assert loaded.probe_partner is not None and loaded.probe_partner.hparams.solver == "exact"
     # What predict reads is the mean of both members, and it scores what the run reported.
     assert _test_accuracy(best, data / "test") == pytest.approx(metrics["test_acc"], abs=1e-6)
-    mean = (test_probs + floor.test_probs) / 2
+    mean = (refit.test_probs + floor.test_probs) / 2
     expected = float((mean.argmax(-1) == floor.test_labels).float().mean())
     assert metrics["test_acc"] == pytest.approx(expected)
+    predicted, predicted_labels = _test_probs(best, data / "test")
+    assert torch.equal(predicted_labels, floor.test_labels)
+    assert torch.allclose(predicted, mean, atol=1e-4)
+    # finetuned.ckpt is the network as it was trained, its own head included.
     assert _test_accuracy(tmp_path / "finetuned.ckpt", data / "test") == pytest.approx(test_acc)
     with pytest.raises(TlkitError, match="start from its fine-tuned member"):
         loaded.on_fit_start()
@@ -214,3 +229,34 @@ def test_a_head_started_from_the_probe_predicts_what_the_probe_does(data, tiny):
     assert "the head starts new" in start_head_from_probe(floor, other, dm)
     assert all(torch.equal(v, other.head.state_dict()[k]) for k, v in before.items())
     assert start_head_from_probe(floor, network(stage, "random"), dm) is None
+
+
+def test_the_refitted_head_is_scored_on_val_by_a_fit_on_train_alone(data, tiny):
+    from tlkit.exact import fit_exact
+    from tlkit.head_refit import eval_features, eval_loader, refit_head
+    from tlkit.module import TransferModule
+
+    backbone, weights = tiny[1], tiny[3]
+    dm = _datamodule(data, tiny)
+    model = TransferModule(dm.num_classes, backbone, weights=weights, strategy="full")
+    model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    refit = refit_head(model, dm, seed=3)
+    # The fine-tuned network is left as it was: finetuned.ckpt is what training made.
+    assert model.training
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    model.eval()
+    split = {"train": eval_features(model, eval_loader(dm, "train")),
+             "val": eval_features(model, dm.val_dataloader()),
+             "test": eval_features(model, dm.test_dataloader())}  # fmt: skip
+    fit = fit_exact(split, "features", (None,), dm.num_classes, seed=3)
+    # Validation is scored by the head fitted on train alone; what ships saw val too.
+    val_acc = float((refit.val_probs.argmax(-1) == refit.val_labels).float().mean())
+    assert val_acc == pytest.approx(refit.record["val_acc"]) == pytest.approx(fit.val_acc)
+    assert torch.equal(refit.val_labels, split["val"][1])
+    assert torch.allclose(refit.probe.weight, fit.probe.weight)
+    assert not torch.allclose(refit.probe.weight, fit.on_train.weight)
+    # A head with a hidden layer has no exact solution: the trained head stays.
+    hidden = TransferModule(dm.num_classes, backbone, weights=weights, strategy="full",
+                            head_hidden=8)  # fmt: skip
+    assert refit_head(hidden, dm) is None

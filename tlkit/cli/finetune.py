@@ -274,7 +274,7 @@ def _trained(cli, run: _Run) -> int:
     if floor is not None and metrics.get("test_acc") is not None and best:
         from tlkit.floor import settle
 
-        confusion = settle(floor, metrics, model, datamodule)
+        confusion = settle(floor, metrics, model, datamodule, run.opts.seed)
     if trainer.is_global_zero:
         if confusion is None and model.last_test_confusion is not None:
             confusion = model.last_test_confusion.tolist()
