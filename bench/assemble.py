@@ -11,6 +11,8 @@ ORDER = [
     "heldout-report",
     "heldout-report-first",
     "large-report",
+    "large-report-trained-head",
+    "refit_cost",
     "large-report-first",
     "large-tuning-runs",
     "large-tuning",

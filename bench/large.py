@@ -64,6 +64,7 @@ def _finetune(argv: list[str], out: Path, cache: Path) -> dict:
         "probe_val_acc": m.get("probe_val_acc"),
         "ensemble_val_acc": m.get("ensemble_val_acc"),
         "ensemble_test_acc": m.get("ensemble_test_acc"),
+        "ensemble_head_seconds": m.get("ensemble_head", {}).get("seconds"),
         "val_count": m.get("num_val"),
         "epochs": m["epochs"],
         "fit_seconds": m["fit_seconds"],
