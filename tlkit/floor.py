@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from tlkit.errors import TlkitError
 from tlkit.probe import Probe, fit_probe, rescale_l2
 
 __all__ = [
@@ -164,7 +165,10 @@ def _ensemble(floor: ProbeFloor, model, datamodule, seed: int) -> dict[str, Any]
 
     if floor.val_probs is None or floor.val_labels is None or not len(floor.test_labels):
         return None
-    refit = refit_head(model, datamodule, seed)
+    try:
+        refit = refit_head(model, datamodule, seed)
+    except TlkitError:  # features no probe converges on: the trained head is what there is
+        refit = None
     if refit is None:
         tuned_val, val_labels = _probabilities(model, datamodule.val_dataloader())
         tuned_test, test_labels = _probabilities(model, datamodule.test_dataloader())
