@@ -19,12 +19,16 @@ pytestmark = pytest.mark.usefixtures("isolated_cwd")
 
 @pytest.fixture
 def tiny(tmp_path) -> list[str]:
-    """A tiny backbone with weights from a file: every fresh copy of it is the same network."""
+    """A tiny backbone with weights from a file: every fresh copy of it is the same network, and
+    so is every test run's (seeded), so the probe advise chooses on it is the same each time."""
     import timm
     from safetensors.torch import save_file
 
     path = tmp_path / "tiny.safetensors"
-    save_file(timm.create_model("test_efficientnet", num_classes=0).state_dict(), str(path))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        network = timm.create_model("test_efficientnet", num_classes=0)
+    save_file(network.state_dict(), str(path))
     return ["--backbone", "test_efficientnet", "--weights", str(path), "--image-size", "32"]
 
 
