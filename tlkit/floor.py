@@ -140,16 +140,17 @@ def probe_floor(datamodule, model, decision=None, features=None, seed: int = 42)
 
 
 def _probabilities(model, loader) -> tuple[torch.Tensor, torch.Tensor]:
-    """Class probabilities of ``model`` over ``loader`` (in its order) and the labels."""
-    probs, labels = [], []
+    """Class probabilities of ``model`` (in eval mode) over ``loader``, in its order, and the
+    labels."""
+    from tlkit.head_refit import eval_features
+
     was_training = model.training
     model.eval()
+    features, labels = eval_features(model, loader)
     with torch.no_grad():
-        for images, targets in loader:
-            probs.append(model(images.to(model.device)).softmax(-1).float().cpu())
-            labels.append(targets.cpu())
+        probs = model.head(features.to(model.device)).softmax(-1).float().cpu()
     model.train(was_training)
-    return torch.cat(probs), torch.cat(labels)
+    return probs, labels
 
 
 def _accuracy(probs: torch.Tensor, labels: torch.Tensor) -> float:
