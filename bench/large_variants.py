@@ -15,7 +15,10 @@ bench/large.py does) and keeps the run. Then, on the run's own validation and te
   fits the chosen one, so the chosen probe is the run's own floor);
 * the chosen probe as a network (pretrained backbone, solved head), to score mirror images;
 * the fine-tuned network with its head refitted exactly (:func:`tlkit.head_refit.refit_head`),
-  the member the floor's ensemble ships, against the head fine-tuning trained.
+  the member the floor's ensemble ships, against the head fine-tuning trained;
+* one exact head on the fine-tuned and the chosen probe's pretrained features side by side
+  (stacked: :func:`tlkit.exact.fit_exact` on the concatenation, fitted as the refitted head is),
+  instead of averaging the two members' probabilities.
 
 Reported: gain over the chosen probe on test for each variant, mean ± std over the runs, and
 how often each variant tests and validates above and below the pair of the fine-tuned network
@@ -43,14 +46,16 @@ from heldout_data import LARGE_FAMILIES, REPORT_SEEDS, TUNING_SEEDS, build_task
 
 from tlkit.advise import feature_stages, measure
 from tlkit.data import TransferDataModule
+from tlkit.exact import fit_exact
 from tlkit.floor import probe_network
-from tlkit.head_refit import refit_head
+from tlkit.head_refit import eval_features, eval_loader, refit_head
 from tlkit.inference import load_checkpoint
 from tlkit.probe import fit_probe, rescale_l2
 
 TLKIT = [str(Path(sys.executable).parent / "tlkit")]
 PAIR = "fine-tuned + probe (trained head)"
 REFIT_PAIR = "fine-tuned, head refitted + probe (what ships)"
+STACKED = "one exact head on fine-tuned + probe features (stacked)"
 #: The reading of the report draws' figures (written by hand from them), appended to them.
 FINDINGS = HERE / "large_variants_findings.md"
 
@@ -102,6 +107,23 @@ def load_run(run: Path, cache: Path):
     return tuned, dm, decision, features
 
 
+def _stacked(tuned, dm, x: dict, y: dict) -> dict[str, torch.Tensor]:
+    """Probabilities on val (fitted on train) and test (fitted on train + val) of one exact head
+    on the fine-tuned network's features beside the probe's pretrained features ``x``."""
+    loaders = {"train": eval_loader(dm, "train"), "val": dm.val_dataloader(),
+               "test": dm.test_dataloader()}  # fmt: skip
+    joined = {}
+    for split, loader in loaders.items():
+        ft, labels = eval_features(tuned.eval(), loader)
+        if not torch.equal(labels, y[split]):
+            raise RuntimeError(f"the {split} images of the stacked head differ in order")
+        joined[split] = (torch.cat([ft, x[split]], 1), labels)
+    fit = fit_exact(joined, "stacked", (None,), dm.num_classes)
+    with torch.no_grad():
+        return {"val": fit.on_train.logits(joined["val"][0]).softmax(-1).float(),
+                "test": fit.probe.logits(joined["test"][0]).softmax(-1).float()}  # fmt: skip
+
+
 def score(run: Path, cache: Path) -> dict:
     """Member probabilities on the run's splits, then the accuracy of each variant."""
     tuned, dm, decision, features = load_run(run, cache)
@@ -135,6 +157,9 @@ def score(run: Path, cache: Path) -> dict:
             with torch.no_grad():
                 probs[split][candidate["name"]] = fitted.logits(x[split]).softmax(-1).float()
             if candidate["name"] == chosen:
+                if split == "val":
+                    for part, stacked in _stacked(tuned, dm, x, y).items():
+                        probs[part]["stacked"] = stacked
                 mirrored = _outputs(_probe_network(hp, candidate, fitted), loaders[split])
                 probs[split]["probe mirror"] = mirrored["mirror"]
     others = [c["name"] for c in decision["evidence"]["candidates"] if c["name"] != chosen]
@@ -146,6 +171,7 @@ def score(run: Path, cache: Path) -> dict:
         PAIR: ["ft", chosen],
         "fine-tuned, head refitted exactly": ["ft refit"],
         REFIT_PAIR: ["ft refit", chosen],
+        STACKED: ["stacked"],
         "pair, flip TTA on both": ["ft", "ft mirror", chosen, "probe mirror"],
         "pair, flip TTA on the fine-tuned member": [("ft", "ft mirror"), chosen],
         "pair + probe on blocks.6": ["ft", chosen, "blocks.6"],
@@ -203,8 +229,16 @@ def summarise(rows: list[dict], draws: str) -> str:
         lines += ["", f"The head refitted exactly, paired by run: {REFIT_PAIR} - {PAIR}: "
                       f"**{_pct(d)}** points on test over {len(d)} runs (above on "
                       f"{sum(x > 0 for x in d)}, below on {sum(x < 0 for x in d)})."]  # fmt: skip
+    stacked = [r for r in rows if STACKED in r["test"] and REFIT_PAIR in r["test"]]
+    if stacked:
+        d = [r["test"][STACKED] - r["test"][REFIT_PAIR] for r in stacked]
+        v = [r["val"][STACKED] - r["val"][REFIT_PAIR] for r in stacked]
+        lines += ["", f"One stacked head against the pair that ships, paired by run: {STACKED} - "
+                      f"{REFIT_PAIR}: **{_pct(d)}** points on test over {len(d)} runs (above on "
+                      f"{sum(x > 0 for x in d)}, below on {sum(x < 0 for x in d)}); on "
+                      f"validation {_pct(v)}."]  # fmt: skip
     lines += ["", "Per task: test accuracy % (validation in brackets) of the main variants.", ""]
-    main = ["fine-tuned", "fine-tuned, head refitted exactly", "probe", PAIR, REFIT_PAIR,
+    main = ["fine-tuned", "fine-tuned, head refitted exactly", "probe", PAIR, REFIT_PAIR, STACKED,
             "pair, flip TTA on both", "pair + every other probe"]  # fmt: skip
     lines += ["| task | probe | shipped | " + " | ".join(main) + " |",
               "|---|---|---|" + "---|" * len(main)]  # fmt: skip
