@@ -157,11 +157,11 @@ def score(run: Path, cache: Path) -> dict:
             with torch.no_grad():
                 probs[split][candidate["name"]] = fitted.logits(x[split]).softmax(-1).float()
             if candidate["name"] == chosen:
-                if split == "val":
-                    for part, stacked in _stacked(tuned, dm, x, y).items():
-                        probs[part]["stacked"] = stacked
                 mirrored = _outputs(_probe_network(hp, candidate, fitted), loaders[split])
                 probs[split]["probe mirror"] = mirrored["mirror"]
+        if candidate["name"] == chosen:
+            for split, stacked in _stacked(tuned, dm, x, y).items():
+                probs[split]["stacked"] = stacked
     others = [c["name"] for c in decision["evidence"]["candidates"] if c["name"] != chosen]
     variants = {
         "fine-tuned": ["ft"],
