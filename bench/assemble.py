@@ -18,6 +18,8 @@ ORDER = [
     "large-tuning",
     "large-variants-report",
     "large-variants-tuning",
+    "grid-readout-report",
+    "grid-readout-tuning",
     "large_options",
     "shapes",
     "probe_wall",

@@ -60,6 +60,27 @@ def write_shapes(root: Path, per_class: int = 12, size: int = 32, seed: int = 0)
     return root
 
 
+def write_sides(root: Path, per_class: int, size: int = 32, seed: int = 0) -> Path:
+    """Write ``root/{left,right}/*.png``: one red square on a random grey background, in the
+    left or the right half of the image (random height), so only its position tells the classes
+    apart."""
+    rng = np.random.default_rng(seed)
+    r = size // 8
+    for name, (lo, hi) in {
+        "left": (r + 1, size // 2 - r),
+        "right": (size // 2 + r, size - r - 1),
+    }.items():
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            grey = int(rng.integers(60, 200))
+            image = Image.new("RGB", (size, size), (grey, grey, grey))
+            cx, cy = int(rng.integers(lo, hi)), int(rng.integers(r + 1, size - r - 1))
+            ImageDraw.Draw(image).rectangle((cx - r, cy - r, cx + r, cy + r), fill=(250, 40, 40))
+            image.save(folder / f"{name}_{i:02d}.png")
+    return root
+
+
 def write_tinted(
     root: Path, per_class: int, size: int, classes: tuple[str, ...] = ("red", "green", "blue")
 ) -> Path:

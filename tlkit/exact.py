@@ -182,7 +182,7 @@ def _features(model, datamodule, run: ExactRun) -> dict:
     same = run.features is not None and all(
         len(run.features.labels(name)) == len(splits[name]) for name in ("train", "val", "test")
     )
-    if same:  # what advise measured (the same splits): no second pass over the images
+    if same and model.strategy.grid == 1:  # what advise measured: no second pass over the images
         return {
             name: (run.features.select(name, stages), run.features.labels(name))
             for name in ("train", "val", "test")

@@ -111,7 +111,9 @@ def export(loaded: LoadedModel, out: str | Path, fmt: str = "safetensors") -> li
     if isinstance(module, ProbeEnsemble):
         model = module.plain().eval()
     else:
-        model = Classifier(module.backbone, module.head, module.strategy.feature_stage).eval()
+        strategy = module.strategy
+        model = Classifier(module.backbone, module.head, strategy.feature_stage, strategy.grid)
+        model = model.eval()
     example = _example(loaded)
     with torch.inference_mode():
         reference = model(example)

@@ -323,6 +323,7 @@ def start_head_from_probe(floor: ProbeFloor, model, datamodule) -> str | None:
         same = stage is None
     else:
         same = isinstance(stage, int) and stage % count == probe_stage % count
+        same = same and model.strategy.grid == 1
     if more or not same:
         return f"head_init probe: the probe reads {name}, not the head's input; the head starts new"
     if model.strategy.bn == "eval":

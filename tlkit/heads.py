@@ -177,10 +177,17 @@ def use_fractional_pool(backbone: nn.Module, name: str = "the backbone") -> None
 
 
 def pooled_features(
-    backbone: nn.Module, images: torch.Tensor, stage: int | tuple[int | None, ...] | None
+    backbone: nn.Module,
+    images: torch.Tensor,
+    stage: int | tuple[int | None, ...] | None,
+    grid: int = 1,
 ) -> torch.Tensor:
     """Globally pooled features of a timm backbone: final ones, those of feature ``stage``, or
-    (a tuple) several stages concatenated in order, ``None`` in it for the final features."""
+    (a tuple) several stages concatenated in order, ``None`` in it for the final features.
+
+    ``grid`` > 1 reads each stage's map average-pooled to ``grid x grid`` cells and flattened
+    (channel-major), so the features keep where in the image they fired; the final features
+    stay globally pooled."""
     if stage is None:
         return backbone(images)
     stages = stage if isinstance(stage, tuple) else (stage,)
@@ -194,14 +201,22 @@ def pooled_features(
         maps = backbone.forward_intermediates(
             images, indices=indices, intermediates_only=True, stop_early=True
         )
-    pooled = {i: m.mean(dim=(2, 3)) for i, m in zip(indices, maps, strict=False)}
+    pooled = {
+        i: m.mean(dim=(2, 3))
+        if grid == 1
+        else nn.functional.adaptive_avg_pool2d(m, grid).flatten(1)
+        for i, m in zip(indices, maps, strict=False)
+    }
     return torch.cat([top if s is None else pooled[s % count] for s in stages], dim=1)
 
 
 def feature_width(
-    backbone: nn.Module, stage: int | tuple[int | None, ...] | None, name: str = "the backbone"
+    backbone: nn.Module,
+    stage: int | tuple[int | None, ...] | None,
+    name: str = "the backbone",
+    grid: int = 1,
 ) -> int:
-    """Width of :func:`pooled_features` for ``stage``.
+    """Width of :func:`pooled_features` for ``stage`` and ``grid``.
 
     Raises:
         TlkitError: If a stage is out of range for ``backbone`` (called ``name`` in the message).
@@ -214,7 +229,8 @@ def feature_width(
                 f"probe_stage: stage {index} out of range for {name} "
                 f"({len(info)} stages); pass a stage in {-len(info)}..{len(info) - 1}"
             )
-    return sum(backbone.num_features if s is None else info[s]["num_chs"] for s in stages)
+    cells = grid * grid
+    return sum(backbone.num_features if s is None else cells * info[s]["num_chs"] for s in stages)
 
 
 @torch.no_grad()
@@ -259,9 +275,10 @@ class Classifier(nn.Module):
         backbone: nn.Module,
         head: nn.Module,
         stage: int | tuple[int | None, ...] | None = None,
+        grid: int = 1,
     ) -> None:
         super().__init__()
-        self.backbone, self.head, self.stage = backbone, head, stage
+        self.backbone, self.head, self.stage, self.grid = backbone, head, stage, grid
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(pooled_features(self.backbone, images, self.stage))
+        return self.head(pooled_features(self.backbone, images, self.stage, self.grid))

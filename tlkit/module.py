@@ -151,7 +151,7 @@ class TransferModule(L.LightningModule):
             self.backbone = self.backbone.to(memory_format=torch.channels_last)
         self.weights_source = weights_source(backbone, weights, pretrained)
         self.groups = layer_groups(self.backbone)
-        width = feature_width(self.backbone, self.strategy.feature_stage, backbone)
+        width = feature_width(self.backbone, stage, backbone, self.strategy.grid)
         self.head = Head(
             width, num_classes, head_hidden, dropout, standardize=self.strategy.standardize
         )
@@ -261,7 +261,8 @@ class TransferModule(L.LightningModule):
         if self.hparams.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.backbone_frozen):
-            return pooled_features(self.backbone, images, self.strategy.feature_stage)
+            strategy = self.strategy
+            return pooled_features(self.backbone, images, strategy.feature_stage, strategy.grid)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits for images ``(N, C, H, W)`` or for cached features ``(N, D)``."""
@@ -275,9 +276,7 @@ class TransferModule(L.LightningModule):
         """
         if not self.strategy.frozen_backbone or self.strategy.bn == "train":
             return None
-        key = (
-            f"{self.hparams.backbone}:{tensor_digest(self.backbone)}:{self.strategy.feature_stage}"
-        )
+        key = f"{self.hparams.backbone}:{tensor_digest(self.backbone)}:{self.strategy.reads}"
 
         def extract(images: torch.Tensor) -> torch.Tensor:
             self.backbone.eval()

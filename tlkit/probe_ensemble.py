@@ -57,10 +57,12 @@ class ProbeEnsemble(TransferModule):
 
     def plain(self) -> nn.Module:
         """The ensemble as one plain ``images -> log mean probabilities`` module (export)."""
-        partner = self.probe_partner
+        members = (self, self.probe_partner)
         return MeanOfTwo(
-            Classifier(self.backbone, self.head, self.strategy.feature_stage),
-            Classifier(partner.backbone, partner.head, partner.strategy.feature_stage),
+            *(
+                Classifier(m.backbone, m.head, m.strategy.feature_stage, m.strategy.grid)
+                for m in members
+            )
         )
 
 

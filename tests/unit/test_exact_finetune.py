@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import write_shapes
+from helpers import write_shapes, write_sides
 
 from tlkit.cli import main
 from tlkit.inference import ensemble_probabilities, load_checkpoint
@@ -54,6 +54,30 @@ def test_a_multi_stage_probe_reads_the_stages_it_names(make_shapes):
     backbone = loaded.model.backbone
     width = backbone.num_features + backbone.feature_info[1]["num_chs"]
     assert loaded.model.head[-1].in_features == width
+
+
+def test_a_grid_probe_tells_apart_what_only_position_separates(tmp_path):
+    # A square left or right of centre: global pooling all but loses where it is; a 2x2 grid of
+    # the same stage's map keeps it, and the checkpoint reads the grid it was fitted on.
+    data = tmp_path / "data"
+    write_sides(data / "train", per_class=20, seed=3)
+    write_sides(data / "test", per_class=20, seed=4)
+    argv = ["finetune", "--recipe", "small-different", "--data", str(data), *TINY]
+    accuracy = {}
+    for grid in (1, 2):
+        stage = ["--model.strategy_args.stage", "1", "--model.strategy_args.grid", str(grid)]
+        assert main([*argv, *stage, "--out", f"RUN{grid}"]) == 0
+        accuracy[grid] = json.loads(Path(f"RUN{grid}/metrics.json").read_text())["test_acc"]
+    assert accuracy[2] >= 0.95
+    assert accuracy[1] <= accuracy[2] - 0.1
+    loaded = load_checkpoint("RUN2/checkpoints/best.ckpt")
+    assert loaded.model.strategy.grid == 2
+    channels = loaded.model.backbone.feature_info[1]["num_chs"]
+    assert loaded.model.head[-1].in_features == 4 * channels
+    items = sorted(str(p) for p in (data / "test").glob("*/*.png"))
+    labels = torch.tensor([0 if "/left/" in item else 1 for item in items])
+    probs = ensemble_probabilities([loaded], items, progress=False)
+    assert float((probs.argmax(1) == labels).float().mean()) == pytest.approx(accuracy[2])
 
 
 def test_one_labelled_image_per_class_still_fits(tmp_path):

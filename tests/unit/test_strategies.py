@@ -157,6 +157,25 @@ def test_probe_stage_reads_its_stage_and_never_runs_the_layers_above(stage: int)
     assert calls["last"] == 0
 
 
+def test_a_grid_probe_reads_its_stage_in_cells_and_the_top_pooled() -> None:
+    model = _module("probe_stage", strategy_args={"stage": ["top", 1], "grid": 2}).eval()
+    backbone, channels = model.backbone, model.backbone.feature_info[1]["num_chs"]
+    assert model.head[-1].in_features == backbone.num_features + 4 * channels
+    images = next(iter(_loader()))[0]
+    with torch.no_grad():
+        features = model.encode(images)
+        stage_map = backbone.forward_intermediates(images, indices=[1], intermediates_only=True)
+        top = backbone(images)
+    stage_map = stage_map[0]
+    half = stage_map.shape[-1] // 2
+    assert half >= 2
+    torch.testing.assert_close(features[:, : backbone.num_features], top)
+    cells = features[:, backbone.num_features :].reshape(len(images), channels, 2, 2)
+    # row 0, column 1: the mean of the map's top-right quarter
+    torch.testing.assert_close(cells[..., 0, 1], stage_map[..., :half, half:].mean(dim=(2, 3)))
+    torch.testing.assert_close(cells.mean(dim=(2, 3)), stage_map.mean(dim=(2, 3)))
+
+
 def test_probe_stage_out_of_range_is_a_user_error() -> None:
     with pytest.raises(TlkitError, match="stage 7 out of range"):
         _module("probe_stage", strategy_args={"stage": 7})
@@ -374,6 +393,8 @@ def test_l2sp_penalty_scales_with_strength() -> None:
         ("gradual", {"start": -1}, "start must be >= 0"),
         ("lp_ft", {"probe_epochs": -2}, "probe_epochs must be >= 0"),
         ("probe_stage", {"stage": "top"}, "must be an integer"),
+        ("probe_stage", {"grid": 0}, "grid must be >= 1"),
+        ("full", {"grid": 2}, "full: grid 2 pools a stage's map; give one stage"),
     ],
 )
 def test_bad_strategy_settings_are_user_errors(name: str, args: dict, message: str) -> None:
@@ -452,12 +473,13 @@ def test_unfrozen_groups_return_to_training_mode() -> None:
     assert isinstance(top[0].bn1, nn.BatchNorm2d)
 
 
+@pytest.mark.parametrize("grid", [1, 2])
 @pytest.mark.parametrize("backbone", ["test_resnet", "test_efficientnet"])
-def test_full_with_a_stage_fine_tunes_up_to_that_stage_only(backbone, tmp_path):
+def test_full_with_a_stage_fine_tunes_up_to_that_stage_only(backbone, grid, tmp_path):
     whole = _module("full", backbone)
-    cut = _module("full", backbone, strategy_args={"stage": -2})
+    cut = _module("full", backbone, strategy_args={"stage": -2, "grid": grid})
     info = whole.backbone.feature_info
-    assert cut.head[-1].in_features == info[-2]["num_chs"]
+    assert cut.head[-1].in_features == grid * grid * info[-2]["num_chs"]
     assert sum(p.numel() for p in cut.backbone.parameters()) < sum(
         p.numel() for p in whole.backbone.parameters()
     )
