@@ -20,6 +20,8 @@ ORDER = [
     "large-variants-tuning",
     "grid-readout-report",
     "grid-readout-tuning",
+    "grid-fewshot-report",
+    "grid-fewshot-tuning",
     "large_options",
     "shapes",
     "probe_wall",

@@ -164,9 +164,9 @@ class ProbeStage(Strategy):
             set, fixed before the first step; the feature cache holds the raw features).
         grid: Pool each stage's map to ``grid x grid`` cells instead of one (the top features
             stay pooled): the head sees where in the image each feature fired, at ``grid**2``
-            times the width. On the large held-out tasks (32-64 px, blocks.4's map 2x2 to 4x4)
-            ``grid: 2`` raised the exact probe by 1.6 +/- 0.7 points on the report draws, on
-            all nine (bench/RESULTS.md, "Grid readout").
+            times the width. On the held-out report draws ``grid: 2`` raised the exact probe by
+            1.6 +/- 0.7 points on the large tasks (32-64 px) and 2.1 +/- 1.6 on the few-shot
+            ones (64-128 px; bench/RESULTS.md, "Grid readout").
         **kwargs: See :class:`Strategy`.
     """
 
