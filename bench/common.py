@@ -58,3 +58,26 @@ def write(name: str, markdown: str, data: dict) -> None:
     payload = {"command": command, "machine": machine(), **data}
     (RESULTS / f"{Path(sys.argv[0]).stem}.json").write_text(json.dumps(payload, indent=2) + "\n")
     print(header + markdown)
+
+
+def read_rows(log: Path) -> list[dict]:
+    """The rows a resumable benchmark has appended to ``log`` (JSON lines; none yet: ``[]``)."""
+    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+
+def append_row(log: Path, row: dict) -> None:
+    """Print ``row`` and append it to ``log``, so that a rerun resumes after it."""
+    print(json.dumps(row), flush=True)
+    with log.open("a") as handle:
+        handle.write(json.dumps(row) + "\n")
+
+
+def write_draws(name: str, draws: str, markdown: str, data: dict, findings: Path) -> None:
+    """:func:`write` a section measured on ``draws`` as ``results/<script>-<draws>.*``, the
+    hand-written ``findings`` appended to the report draws' text when they exist."""
+    if draws == "report" and findings.exists():
+        markdown += "\n\n" + findings.read_text().strip()
+    write(f"{name} ({draws} draws)", markdown, data)
+    stem = Path(sys.argv[0]).stem
+    for suffix in (".md", ".json"):
+        (RESULTS / f"{stem}{suffix}").replace(RESULTS / f"{stem.replace('_', '-')}-{draws}{suffix}")

