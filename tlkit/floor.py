@@ -2,8 +2,9 @@
 
 A large-cell run fine-tunes, but the frozen exact probe (:mod:`tlkit.probe`) takes seconds and
 is sometimes the better model. :func:`probe_floor` fits it before fine-tuning (on the features
-``tlkit advise`` measured, or on one measurement of its own): once on the training split alone,
-scored on validation, and once on every labelled image, scored on test. After fine-tuning,
+``tlkit advise`` measured, or on one measurement of its own, or on their spatial readout when
+that cross-validates higher: :mod:`tlkit.readout`): once on the training split alone, scored on
+validation, and once on every labelled image, scored on test. After fine-tuning,
 :func:`settle` compares three models on validation, the only split all were selected on
 without seeing test: the probe, the fine-tuned model and their ensemble (the mean of the two
 members' class probabilities): the ensemble ships as ``best.ckpt`` unless a member beats it
@@ -26,6 +27,7 @@ import torch
 
 from tlkit.errors import TlkitError
 from tlkit.probe import Probe, fit_probe, rescale_l2
+from tlkit.readout import probe_network, probe_spec, spatial_floor
 
 __all__ = [
     "ProbeFloor",
@@ -72,6 +74,11 @@ class ProbeFloor:
     on_train: Probe | None = None
 
     @property
+    def grid(self) -> int | list[int]:
+        """Cells per side of each stage's map the probe reads (1: pooled, as advise scores)."""
+        return self.probe.get("grid", 1)
+
+    @property
     def test_acc(self) -> float:
         """The probe's test accuracy."""
         if not len(self.test_labels):
@@ -88,7 +95,9 @@ class ProbeFloor:
         }
 
 
-def probe_floor(datamodule, model, decision=None, features=None, seed: int = 42) -> ProbeFloor:
+def probe_floor(
+    datamodule, model, decision=None, features=None, seed: int = 42, spatial: bool = True
+) -> ProbeFloor:
     """Fit the exact probe a large-cell run must beat.
 
     Args:
@@ -97,6 +106,8 @@ def probe_floor(datamodule, model, decision=None, features=None, seed: int = 42)
         decision: ``--recipe auto``'s advise report, if any.
         features: The :class:`~tlkit.advise.StageFeatures` advise measured, if any.
         seed: Seed of the measurement's folds.
+        spatial: Also fit the spatial readout of advise's probe (:mod:`tlkit.readout`) and
+            take it when it cross-validates higher.
 
     Returns:
         The :class:`ProbeFloor`.
@@ -134,9 +145,10 @@ def probe_floor(datamodule, model, decision=None, features=None, seed: int = 42)
     test_x, test_y = split["test"]
     with torch.no_grad():
         probs = fitted.logits(test_x).softmax(-1) if len(test_y) else torch.zeros(0, classes)
-    return ProbeFloor(probe, stages, fitted, val_acc, probs.float(), torch.as_tensor(test_y),
-                      time.perf_counter() - start, val_probs,
-                      torch.as_tensor(split["val"][1]), on_train)  # fmt: skip
+    floor = ProbeFloor(probe, stages, fitted, val_acc, probs.float(), torch.as_tensor(test_y),
+                       time.perf_counter() - start, val_probs,
+                       torch.as_tensor(split["val"][1]), on_train)  # fmt: skip
+    return spatial_floor(floor, datamodule, model, features.names[:-1], seed) if spatial else floor
 
 
 def _probabilities(model, loader) -> tuple[torch.Tensor, torch.Tensor]:
@@ -355,26 +367,6 @@ def _recalibrated_probe(model, datamodule, l2: float) -> Probe:
     return fit_probe(features, labels, l2, datamodule.num_classes)
 
 
-def probe_spec(stage) -> dict[str, Any]:
-    """A probe's strategy and settings as a frozen-backbone TransferModule, from its ``stage``
-    as advise reports it (``None``: the top features; an index, or a joined list)."""
-    if stage is None:
-        return {"strategy": "linear_probe", "strategy_args": {"bn": "frozen_eval"}}
-    args = {"stage": stage, "standardize": True, "bn": "frozen_eval"}
-    return {"strategy": "probe_stage", "strategy_args": args}
-
-
-def probe_network(settings, stage, fitted: Probe):
-    """The probe as a frozen-backbone module: the pretrained backbone of ``settings`` (a
-    TransferModule's hyperparameters) and ``fitted`` as its head."""
-    from tlkit.exact import install_probe
-    from tlkit.probe_ensemble import frozen_probe
-
-    network = frozen_probe(settings, probe_spec(stage))
-    install_probe(network.head, fitted)
-    return network
-
-
 def _write_ensemble_checkpoint(floor: ProbeFloor, model, datamodule, path: Path, refit) -> None:
     """The fine-tuned model (its head the refitted one, when ``refit`` is not ``None``) with the
     probe as its ``probe_partner`` at ``path``."""
@@ -383,7 +375,7 @@ def _write_ensemble_checkpoint(floor: ProbeFloor, model, datamodule, path: Path,
 
     accepted = inspect.signature(type(model).__init__).parameters
     settings = {k: v for k, v in model.hparams.items() if k in accepted}
-    ensemble = ProbeEnsemble(probe_spec(floor.probe["stage"]), **settings)
+    ensemble = ProbeEnsemble(probe_spec(floor.probe["stage"], floor.grid), **settings)
     missing, unexpected = ensemble.load_state_dict(model.state_dict(), strict=False)
     assert not unexpected and all(k.startswith("probe_partner.") for k in missing)
     install_probe(ensemble.probe_partner.head, floor.fitted)
@@ -396,5 +388,5 @@ def _write_probe_checkpoint(floor: ProbeFloor, model, datamodule, path: Path) ->
     """The probe as a frozen-backbone module (pretrained weights, solved head) at ``path``."""
     from tlkit.exact import write_checkpoint
 
-    network = probe_network(model.hparams, floor.probe["stage"], floor.fitted)
+    network = probe_network(model.hparams, floor.probe["stage"], floor.fitted, floor.grid)
     write_checkpoint(network, datamodule, path)

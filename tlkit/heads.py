@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -26,6 +27,7 @@ __all__ = [
     "feature_width",
     "log_mean_probabilities",
     "pooled_features",
+    "stage_grids",
     "truncate",
     "use_fractional_pool",
 ]
@@ -176,21 +178,40 @@ def use_fractional_pool(backbone: nn.Module, name: str = "the backbone") -> None
     backbone.global_pool = nn.Sequential(FractionalMaxPool(), pool)
 
 
+Grid = int | tuple[int, ...]
+
+
+def stage_grids(stage: int | tuple[int | None, ...] | None, grid: Grid = 1) -> tuple[int, ...]:
+    """Cells per side for each stage of ``stage`` (as a tuple): ``grid`` for all of them, or
+    ``grid``'s own entry for each (a tuple as long as the stages; the top's entry is unused)."""
+    stages = stage if isinstance(stage, tuple) else (stage,)
+    if isinstance(grid, int):
+        return (grid,) * len(stages)
+    if len(grid) != len(stages):
+        raise TlkitError(
+            f"grid {list(grid)} gives {len(grid)} entries for {len(stages)} stages; give one "
+            "number, or one per stage"
+        )
+    return tuple(grid)
+
+
 def pooled_features(
     backbone: nn.Module,
     images: torch.Tensor,
     stage: int | tuple[int | None, ...] | None,
-    grid: int = 1,
+    grid: Grid = 1,
 ) -> torch.Tensor:
     """Globally pooled features of a timm backbone: final ones, those of feature ``stage``, or
     (a tuple) several stages concatenated in order, ``None`` in it for the final features.
 
     ``grid`` > 1 reads each stage's map average-pooled to ``grid x grid`` cells and flattened
     (channel-major), so the features keep where in the image they fired; the final features
-    stay globally pooled."""
+    stay globally pooled. A tuple gives each stage of ``stage`` its own number of cells (e.g.
+    ``(4, 2)`` for an earlier stage at twice the resolution of a later one)."""
     if stage is None:
         return backbone(images)
     stages = stage if isinstance(stage, tuple) else (stage,)
+    grids = stage_grids(stages, grid)
     count = len(backbone.feature_info)
     indices = sorted({s % count for s in stages if s is not None})
     top = None
@@ -201,20 +222,42 @@ def pooled_features(
         maps = backbone.forward_intermediates(
             images, indices=indices, intermediates_only=True, stop_early=True
         )
-    pooled = {
-        i: m.mean(dim=(2, 3))
-        if grid == 1
-        else nn.functional.adaptive_avg_pool2d(m, grid).flatten(1)
-        for i, m in zip(indices, maps, strict=False)
-    }
-    return torch.cat([top if s is None else pooled[s % count] for s in stages], dim=1)
+    by_index = dict(zip(indices, maps, strict=False))
+    return torch.cat(
+        [
+            top if s is None else _cells(by_index[s % count], g)
+            for s, g in zip(stages, grids, strict=True)
+        ],
+        dim=1,
+    )
+
+
+def _cells(feature_map: torch.Tensor, grid: int) -> torch.Tensor:
+    """``(N, C, H, W)`` averaged over the whole map (``grid`` 1) or to ``grid x grid`` cells,
+    flattened channel-major.
+
+    The cells are torch's adaptive average pooling windows (cell ``i`` of ``grid`` spans rows
+    ``floor(i * H / grid)`` to ``ceil((i + 1) * H / grid)``). Exported to ONNX they are written
+    out as slices of the map's fixed size: the exporter has no adaptive pooling for a map whose
+    size it cannot see, which is every map under a dynamic batch axis."""
+    if grid == 1:
+        return feature_map.mean(dim=(2, 3))
+    if not torch.onnx.is_in_onnx_export():
+        return nn.functional.adaptive_avg_pool2d(feature_map, grid).flatten(1)
+    with warnings.catch_warnings():  # the map's size is fixed by the model's input size
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        height, width = (int(n) for n in feature_map.shape[2:])
+    rows = [(i * height // grid, -(-(i + 1) * height // grid)) for i in range(grid)]
+    cols = [(j * width // grid, -(-(j + 1) * width // grid)) for j in range(grid)]
+    cells = [feature_map[:, :, r0:r1, c0:c1].mean(dim=(2, 3)) for r0, r1 in rows for c0, c1 in cols]
+    return torch.stack(cells, dim=2).flatten(1)
 
 
 def feature_width(
     backbone: nn.Module,
     stage: int | tuple[int | None, ...] | None,
     name: str = "the backbone",
-    grid: int = 1,
+    grid: Grid = 1,
 ) -> int:
     """Width of :func:`pooled_features` for ``stage`` and ``grid``.
 
@@ -229,8 +272,10 @@ def feature_width(
                 f"probe_stage: stage {index} out of range for {name} "
                 f"({len(info)} stages); pass a stage in {-len(info)}..{len(info) - 1}"
             )
-    cells = grid * grid
-    return sum(backbone.num_features if s is None else cells * info[s]["num_chs"] for s in stages)
+    return sum(
+        backbone.num_features if s is None else g * g * info[s]["num_chs"]
+        for s, g in zip(stages, stage_grids(stages, grid), strict=True)
+    )
 
 
 @torch.no_grad()
@@ -275,7 +320,7 @@ class Classifier(nn.Module):
         backbone: nn.Module,
         head: nn.Module,
         stage: int | tuple[int | None, ...] | None = None,
-        grid: int = 1,
+        grid: Grid = 1,
     ) -> None:
         super().__init__()
         self.backbone, self.head, self.stage, self.grid = backbone, head, stage, grid

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import write_shapes
+from helpers import write_shapes, write_sides
 
 from tlkit.cli import main
 from tlkit.errors import TlkitError
@@ -203,7 +203,7 @@ def test_a_head_started_from_the_probe_predicts_what_the_probe_does(data, tiny):
         return TransferModule(dm.num_classes, backbone, weights=weights, strategy="full",
                               strategy_args=args)  # fmt: skip
 
-    floor = probe_floor(dm, network(None, "random"))
+    floor = probe_floor(dm, network(None, "random"), spatial=False)
     (stage,) = floor.stages
     model = network(stage)
     assert model.head.standardizer is not None
@@ -264,3 +264,43 @@ def test_the_refitted_head_is_scored_on_val_by_a_fit_on_train_alone(data, tiny):
     hidden = TransferModule(dm.num_classes, backbone, weights=weights, strategy="full",
                             head_hidden=8)  # fmt: skip
     assert refit_head(hidden, dm) is None
+
+
+def test_the_floor_reads_the_probe_s_maps_in_cells_when_that_cross_validates_higher(tmp_path, tiny):
+    # Only where the square sits tells the classes apart: pooling each map to one vector all
+    # but loses it, the spatial readout (the stage before the probe's in 4x4 cells, the
+    # probe's own in 2x2) keeps it, and is chosen on the folds advise scored.
+    data = tmp_path / "sides"
+    write_sides(data / "train", per_class=24, seed=3)
+    write_sides(data / "test", per_class=12, seed=4)
+    argv = ["finetune", "--recipe", "large-similar", "--data", str(data), *tiny, "--epochs", "1"]
+    assert main([*argv, "--model.lr", "1e-9", "--out", "RUN"]) == 0
+    metrics = json.loads(Path("RUN/metrics.json").read_text())
+    probe, pooled = metrics["probe"], metrics["probe"]["pooled"]
+    assert probe["grid"][-2:] == [4, 2] and probe["accuracy"] > pooled["accuracy"]
+    assert metrics["probe_test_acc"] >= pooled["test_acc"] + 0.05
+    assert metrics["shipped"] == "probe" and probe["name"] in metrics["probe_verdict"]
+    # best.ckpt reads the cells it was fitted on, and predicts what the run reported.
+    best = Path("RUN/checkpoints/best.ckpt")
+    assert list(load_checkpoint(best).model.strategy.grid[-2:]) == [4, 2]
+    assert _test_accuracy(best, data / "test") == pytest.approx(metrics["test_acc"], abs=1e-6)
+    # It exports to ONNX (export checks onnxruntime's outputs against the model's).
+    from tlkit.export import export
+
+    export(load_checkpoint(best), tmp_path / "probe", "onnx")
+    # As the ensemble's partner it predicts the mean of both members.
+    from tlkit.floor import _probabilities, _write_ensemble_checkpoint, probe_floor
+    from tlkit.module import TransferModule
+
+    dm = _datamodule(data, tiny)
+    model = TransferModule(dm.num_classes, tiny[1], weights=tiny[3], strategy="full",
+                           class_names=dm.class_names)  # fmt: skip
+    model.hparams["_instantiator"] = "lightning.pytorch.cli.instantiate_module"
+    floor = probe_floor(dm, model)
+    assert floor.grid == probe["grid"]
+    _write_ensemble_checkpoint(floor, model, dm, tmp_path / "pair.ckpt", None)
+    predicted, labels = _test_probs(tmp_path / "pair.ckpt", data / "test")
+    tuned, tuned_labels = _probabilities(model, dm.test_dataloader())
+    assert torch.equal(labels, tuned_labels) and torch.equal(labels, floor.test_labels)
+    torch.testing.assert_close(predicted, (tuned + floor.test_probs) / 2, atol=1e-4, rtol=0)
+    export(load_checkpoint(tmp_path / "pair.ckpt"), tmp_path / "pair", "onnx")

@@ -176,6 +176,38 @@ def test_a_grid_probe_reads_its_stage_in_cells_and_the_top_pooled() -> None:
     torch.testing.assert_close(cells.mean(dim=(2, 3)), stage_map.mean(dim=(2, 3)))
 
 
+def test_a_grid_per_stage_pools_each_stage_to_its_own_cells() -> None:
+    model = _module("probe_stage", strategy_args={"stage": [0, 1], "grid": [4, 2]}).eval()
+    backbone, info = model.backbone, model.backbone.feature_info
+    assert model.strategy.grid == (4, 2)
+    assert model.head[-1].in_features == 16 * info[0]["num_chs"] + 4 * info[1]["num_chs"]
+    images = next(iter(_loader()))[0]
+    with torch.no_grad():
+        features = model.encode(images)
+        maps = backbone.forward_intermediates(images, indices=[0, 1], intermediates_only=True)
+    pool = torch.nn.functional.adaptive_avg_pool2d
+    expected = torch.cat([pool(maps[0], 4).flatten(1), pool(maps[1], 2).flatten(1)], dim=1)
+    torch.testing.assert_close(features, expected)
+    # Every entry 1 is the plain pooled probe, cache key and all.
+    plain = _module("probe_stage", strategy_args={"stage": [0, 1], "grid": [1, 1]})
+    assert plain.strategy.grid == 1 and plain.strategy.reads == "(0, 1)"
+
+
+def test_the_spatial_readout_pairs_the_probe_s_stage_with_the_one_before() -> None:
+    from tlkit.readout import spatial_readout
+
+    names = ["blocks.0", "blocks.1", "blocks.2", "blocks.4", "blocks.6"]
+    assert spatial_readout(3, names) == {
+        "name": "blocks.2@4x4+blocks.4@2x2", "stage": [2, 3], "grid": [4, 2]
+    }  # fmt: skip
+    assert spatial_readout(-2, names)["stage"] == [2, 3]
+    joined = spatial_readout(["top", 3], names)
+    assert joined["stage"] == ["top", 2, 3] and joined["grid"] == [1, 4, 2]
+    assert joined["name"] == "top+blocks.2@4x4+blocks.4@2x2"
+    assert spatial_readout(None, names) is None  # the top alone: no map
+    assert spatial_readout(0, names) is None  # no stage before the first
+
+
 def test_probe_stage_out_of_range_is_a_user_error() -> None:
     with pytest.raises(TlkitError, match="stage 7 out of range"):
         _module("probe_stage", strategy_args={"stage": 7})
@@ -394,6 +426,9 @@ def test_l2sp_penalty_scales_with_strength() -> None:
         ("lp_ft", {"probe_epochs": -2}, "probe_epochs must be >= 0"),
         ("probe_stage", {"stage": "top"}, "must be an integer"),
         ("probe_stage", {"grid": 0}, "grid must be >= 1"),
+        ("probe_stage", {"stage": 1, "grid": [4, 2]}, "needs a stage list as long"),
+        ("probe_stage", {"stage": [0, 1], "grid": [4]}, "needs a stage list as long"),
+        ("probe_stage", {"stage": [0, 1], "grid": [4, 0]}, "grid must be >= 1"),
         ("full", {"grid": 2}, "full: grid 2 pools a stage's map; give one stage"),
     ],
 )

@@ -93,5 +93,12 @@ def print_baseline(baseline: dict[str, Any], note: str | None = None) -> None:
         f"exact probe first (the baseline to beat): {baseline['probe']['name']} tests at "
         f"{baseline['probe_test_acc']:.4f}, fitted in {baseline['probe_fit_seconds']:.1f} s"
     )
+    probe, pooled = baseline["probe"], baseline["probe"].get("pooled")
+    if pooled is not None:
+        console.print(
+            f"  read out in cells, it cross-validated at {100 * probe['accuracy']:.1f} % against "
+            f"{100 * pooled['accuracy']:.1f} % for {pooled['name']} pooled (which tests at "
+            f"{pooled['test_acc']:.4f})"
+        )
     if note is not None:
         console.print(note)

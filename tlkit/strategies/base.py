@@ -87,8 +87,9 @@ class Strategy:
     #: Index into the backbone's feature stages the head reads from (``None``: final features;
     #: a tuple: several, concatenated, ``None`` in it for the final features).
     feature_stage: int | tuple[int | None, ...] | None = None
-    #: Cells per side of the pooling of stage maps (1: global; :func:`tlkit.heads.pooled_features`).
-    grid: int = 1
+    #: Cells per side of the pooling of stage maps (1: global; a tuple: one per stage;
+    #: :func:`tlkit.heads.pooled_features`).
+    grid: int | tuple[int, ...] = 1
     #: True when the head standardises its input features with statistics of the training set.
     standardize: bool = False
 
@@ -118,7 +119,7 @@ class Strategy:
     @property
     def reads(self) -> str:
         """What the head reads, as text (a feature cache key): the stage, and the grid if any."""
-        return str(self.feature_stage) + (f"@{self.grid}" if self.grid > 1 else "")
+        return str(self.feature_stage) + ("" if self.grid == 1 else f"@{self.grid}")
 
     def trainable(self, epoch: int, num_groups: int) -> list[bool]:
         """Which backbone layer groups (shallow to deep) train during ``epoch``."""
@@ -164,9 +165,12 @@ class ProbeStage(Strategy):
             set, fixed before the first step; the feature cache holds the raw features).
         grid: Pool each stage's map to ``grid x grid`` cells instead of one (the top features
             stay pooled): the head sees where in the image each feature fired, at ``grid**2``
-            times the width. On the held-out report draws ``grid: 2`` raised the exact probe by
-            1.6 +/- 0.7 points on the large tasks (32-64 px) and 2.1 +/- 1.6 on the few-shot
-            ones (64-128 px; bench/RESULTS.md, "Grid readout").
+            times the width. A list gives each stage of a ``stage`` list its own, e.g.
+            ``stage: [2, 3]`` with ``grid: [4, 2]`` (what the large cells' floor reads when it
+            wins by cross-validation, :mod:`tlkit.floor`). On the held-out report draws
+            ``grid: 2`` raised the exact probe by 1.6 +/- 0.7 points on the large tasks
+            (32-64 px) and 2.1 +/- 1.6 on the few-shot ones (64-128 px; bench/RESULTS.md,
+            "Grid readout").
         **kwargs: See :class:`Strategy`.
     """
 
@@ -176,11 +180,20 @@ class ProbeStage(Strategy):
         self,
         stage: int | list[int | str] = -2,
         standardize: bool = True,
-        grid: int = 1,
+        grid: int | list[int] = 1,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.grid = _integer("probe_stage: grid", grid, minimum=1)
+        if isinstance(grid, (list, tuple)):
+            if not isinstance(stage, (list, tuple)) or len(grid) != len(stage):
+                raise TlkitError(
+                    f"probe_stage: grid {list(grid)} needs a stage list as long, e.g. stage "
+                    "[2, 3] with grid [4, 2]; or give one number"
+                )
+            self.grid = tuple(_integer("probe_stage: grid", g, minimum=1) for g in grid)
+            self.grid = 1 if set(self.grid) == {1} else self.grid
+        else:
+            self.grid = _integer("probe_stage: grid", grid, minimum=1)
         if isinstance(stage, (list, tuple)):
             if not stage:
                 raise TlkitError("probe_stage: stage list is empty; give e.g. [top, -2]")
