@@ -4,7 +4,7 @@ spatial readout of the same stage and the one before it, whichever cross-validat
 ``tlkit advise`` scores globally average-pooled features. At the sizes where the large cells
 meet small images (32-64 px), that pooling throws away where in the image each feature fired:
 the probe's stage leaves a 2x2 to 4x4 map. The spatial readout keeps it: the probe's deepest
-stage pooled to 2x2 cells and the stage before it (half its stride) to 4x4, flattened and
+stage pooled to 2x2 cells and the stage before it (in a CNN, half its stride) to 4x4, flattened and
 joined (the top features, when the probe reads them, stay beside them, pooled). On the large
 held-out tuning draws it beat the pooled probe on every draw (bench/RESULTS.md, "Spatial
 readout"); :func:`spatial_fit` fits it exactly on the same folds, and the floor takes it when its
@@ -86,8 +86,9 @@ def spatial_fit(datamodule, model, readout: dict[str, Any], seed: int):
     from tlkit.probe_ensemble import frozen_probe
 
     settings = dict(model.hparams)
-    network = frozen_probe(settings, probe_spec(readout["stage"], readout["grid"])).eval()
-    features = datamodule.split_features(network.frozen_feature_extractor(), network.device)
+    network = frozen_probe(settings, probe_spec(readout["stage"], readout["grid"]))
+    network = network.eval().to(model.device)  # where the run's model is: the GPU, when it has one
+    features = datamodule.split_features(network.frozen_feature_extractor(), model.device)
     fit = fit_exact(features, readout["name"], feature_stages(readout["stage"]),
                     datamodule.num_classes, seed)  # fmt: skip
     return fit, features
