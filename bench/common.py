@@ -60,6 +60,12 @@ def write(name: str, markdown: str, data: dict) -> None:
     print(header + markdown)
 
 
+def pm(values: list[float]) -> str:
+    """Accuracy differences (fractions) as signed points, mean ± std over runs."""
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{100 * statistics.mean(values):+.1f} ± {100 * spread:.1f}"
+
+
 def read_rows(log: Path) -> list[dict]:
     """The rows a resumable benchmark has appended to ``log`` (JSON lines; none yet: ``[]``)."""
     return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []

@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-from common import append_row, read_rows, write_draws
+from common import append_row, pm, read_rows, write_draws
 from grid_readout import readouts
 from heldout_data import FAMILIES, FIRST_REPORT_SEEDS, REPORT_SEEDS, TUNING_SEEDS, build_task
 
@@ -72,11 +71,6 @@ def score(task: Path, size: int, cache: Path) -> dict:
     return {**row, "seconds": round(time.perf_counter() - start, 1)}
 
 
-def _pct(values: list[float]) -> str:
-    spread = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{100 * statistics.mean(values):+.1f} ± {100 * spread:.1f}"
-
-
 def summarise(rows: list[dict], draws: str) -> str:
     graded = [r for r in rows if "grid" in r]
     lines = [
@@ -90,7 +84,7 @@ def summarise(rows: list[dict], draws: str) -> str:
     ]
     for name in ("grid", "grid if CV"):
         d = [r[name]["test"] - r["pooled"]["test"] for r in graded]
-        lines.append(f"| {name} | {_pct(d)} | {100 * min(d):+.1f} | {sum(x > 0 for x in d)} / "
+        lines.append(f"| {name} | {pm(d)} | {100 * min(d):+.1f} | {sum(x > 0 for x in d)} / "
                      f"{sum(x < 0 for x in d)} |")  # fmt: skip
     lines += ["", "| task | cell | probe | pooled: CV, test % | grid: CV, test % |",
               "|---|---|---|---|---|"]  # fmt: skip

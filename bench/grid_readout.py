@@ -27,13 +27,12 @@ Run: python bench/grid_readout.py --draws tuning   (after bench/large_variants.p
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-from common import append_row, read_rows, write_draws
+from common import append_row, pm, read_rows, write_draws
 from heldout_data import LARGE_FAMILIES, REPORT_SEEDS, TUNING_SEEDS, build_task
 from large_variants import load_run
 
@@ -111,11 +110,6 @@ def score(run: Path, cache: Path) -> dict:
     return {"probe": chosen["name"], **acc, "seconds": round(time.perf_counter() - start, 1)}
 
 
-def _pct(values: list[float]) -> str:
-    spread = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{100 * statistics.mean(values):+.1f} ± {100 * spread:.1f}"
-
-
 def summarise(rows: list[dict], draws: str) -> str:
     names = list(rows[0]["test"])
     lines = [
@@ -131,8 +125,8 @@ def summarise(rows: list[dict], draws: str) -> str:
     for name in names:
         d = [r["test"][name] - r["test"]["probe"] for r in rows]
         g = [r["test"][name] - r["test"]["grid probe"] for r in rows]
-        lines.append(f"| {name} | {_pct(d)} | {100 * min(d):+.1f} | {sum(x > 0 for x in d)} / "
-                     f"{sum(x < 0 for x in d)} | {_pct(g)} |")  # fmt: skip
+        lines.append(f"| {name} | {pm(d)} | {100 * min(d):+.1f} | {sum(x > 0 for x in d)} / "
+                     f"{sum(x < 0 for x in d)} | {pm(g)} |")  # fmt: skip
     lines += ["", "Per task: test accuracy % (validation in brackets).", "",
               "| task | probe stage | " + " | ".join(names) + " |",
               "|---|---|" + "---|" * len(names)]  # fmt: skip

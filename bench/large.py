@@ -62,8 +62,8 @@ def _finetune(argv: list[str], out: Path, cache: Path) -> dict:
         "val_acc": m["val_acc"],
         "finetuned_val_acc": m.get("finetuned_val_acc", m["val_acc"]),
         "probe_val_acc": m.get("probe_val_acc"),
-        "pooled_probe_test_acc": m["probe"].get("pooled", {}).get("test_acc", m["probe_test_acc"]),
-        "pooled_probe_val_acc": m["probe"].get("pooled", {}).get("val_acc", m.get("probe_val_acc")),
+        "pooled_probe_test_acc": pooled_probe(m, "test"),
+        "pooled_probe_val_acc": pooled_probe(m, "val"),
         "spatial": "pooled" in m["probe"],
         "ensemble_val_acc": m.get("ensemble_val_acc"),
         "ensemble_test_acc": m.get("ensemble_test_acc"),
@@ -123,9 +123,17 @@ def _shipped(a: dict) -> str:
     return f"{100 * a['test_acc']:.1f} ({a['shipped']})"
 
 
-def _pooled(a: dict) -> float:
-    """Test accuracy of the exact probe on advise's pooled features (runs from before the
-    spatial readout recorded only the floor, which was that probe)."""
+def pooled_probe(metrics: dict, split: str) -> float | None:
+    """``split``'s accuracy of the exact probe on advise's pooled features, from a run's
+    metrics.json: the floor's ``pooled`` record when the spatial readout replaced it, else the
+    floor itself (``None`` where the run fitted none)."""
+    probe = metrics.get("probe") if isinstance(metrics.get("probe"), dict) else {}
+    return probe.get("pooled", {}).get(f"{split}_acc", metrics.get(f"probe_{split}_acc"))
+
+
+def pooled(a: dict) -> float:
+    """A recorded run's test accuracy of that probe (runs from before the spatial readout
+    recorded only the floor, which was that probe)."""
     return a.get("pooled_probe_test_acc", a["probe_test_acc"])
 
 
@@ -186,14 +194,14 @@ def summarise(rows: list[dict], draws: str) -> str:
     for family in sorted({r["family"] for r in rows}, key=list(LARGE_FAMILIES).index):
         mine = [r["auto"] for r in rows if r["family"] == family]
         sklearn = [r["sklearn"]["test_acc"] for r in rows if r["family"] == family]
-        gap = [a["test_acc"] - _pooled(a) for a in mine]
+        gap = [a["test_acc"] - pooled(a) for a in mine]
         gaps += gap
         floor = [a["test_acc"] - a["probe_test_acc"] for a in mine]
         over_floor += floor
         versus = [a["test_acc"] - s for a, s in zip(mine, sklearn, strict=True)]
         by_hand += versus
         lines.append(
-            f"| {family} | {_pct(sklearn)} | {_pct([_pooled(a) for a in mine])} | "
+            f"| {family} | {_pct(sklearn)} | {_pct([pooled(a) for a in mine])} | "
             f"{_pct([a['probe_test_acc'] for a in mine])} | "
             f"{_pct([a['finetuned_test_acc'] for a in mine])} | {_ensembles(mine)} | "
             f"{_pct([a['test_acc'] for a in mine])} | {_pct(gap)} | {_pct(floor)} | "

@@ -34,13 +34,12 @@ import argparse
 import json
 import os
 import shutil
-import statistics
 import sys
 import tempfile
 from pathlib import Path
 
 import torch
-from common import append_row, read_rows, write_draws
+from common import append_row, pm, read_rows, write_draws
 from heldout import HERE, _run
 from heldout_data import LARGE_FAMILIES, REPORT_SEEDS, TUNING_SEEDS, build_task
 
@@ -196,11 +195,6 @@ def score(run: Path, cache: Path) -> dict:
     return row
 
 
-def _pct(values: list[float]) -> str:
-    spread = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{100 * statistics.mean(values):+.1f} ± {100 * spread:.1f}"
-
-
 def summarise(rows: list[dict], draws: str) -> str:
     names = list(rows[0]["test"])
     lines = [
@@ -221,22 +215,22 @@ def summarise(rows: list[dict], draws: str) -> str:
         for split in ("test", "val"):
             d = [r[split][name] - r[split][PAIR] for r in runs]
             counts.append(f"{sum(x > 0 for x in d)} / {sum(x < 0 for x in d)}")
-        lines.append(f"| {name} | {_pct(gain)} | {100 * min(gain):+.1f} | {counts[0]} | "
+        lines.append(f"| {name} | {pm(gain)} | {100 * min(gain):+.1f} | {counts[0]} | "
                      f"{counts[1]} |")  # fmt: skip
     refit = [r for r in rows if REFIT_PAIR in r["test"]]
     if refit:
         d = [r["test"][REFIT_PAIR] - r["test"][PAIR] for r in refit]
         lines += ["", f"The head refitted exactly, paired by run: {REFIT_PAIR} - {PAIR}: "
-                      f"**{_pct(d)}** points on test over {len(d)} runs (above on "
+                      f"**{pm(d)}** points on test over {len(d)} runs (above on "
                       f"{sum(x > 0 for x in d)}, below on {sum(x < 0 for x in d)})."]  # fmt: skip
     stacked = [r for r in rows if STACKED in r["test"] and REFIT_PAIR in r["test"]]
     if stacked:
         d = [r["test"][STACKED] - r["test"][REFIT_PAIR] for r in stacked]
         v = [r["val"][STACKED] - r["val"][REFIT_PAIR] for r in stacked]
         lines += ["", f"One stacked head against the pair that ships, paired by run: {STACKED} - "
-                      f"{REFIT_PAIR}: **{_pct(d)}** points on test over {len(d)} runs (above on "
+                      f"{REFIT_PAIR}: **{pm(d)}** points on test over {len(d)} runs (above on "
                       f"{sum(x > 0 for x in d)}, below on {sum(x < 0 for x in d)}); on "
-                      f"validation {_pct(v)}."]  # fmt: skip
+                      f"validation {pm(v)}."]  # fmt: skip
     lines += ["", "Per task: test accuracy % (validation in brackets) of the main variants.", ""]
     main = ["fine-tuned", "fine-tuned, head refitted exactly", "probe", PAIR, REFIT_PAIR, STACKED,
             "pair, flip TTA on both", "pair + every other probe"]  # fmt: skip

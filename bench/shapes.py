@@ -26,7 +26,7 @@ from pathlib import Path
 from common import write
 from heldout import HERE, TLKIT, _run
 from heldout_data import SHAPE_FAMILIES, SHAPE_SEEDS, build_task
-from large import sklearn_probe
+from large import pooled, pooled_probe, sklearn_probe
 
 #: The reading of the figures (written by hand from them), appended to them.
 FINDINGS = HERE / "shapes_findings.md"
@@ -42,20 +42,13 @@ def run_auto(task: Path, size: int, work: Path) -> dict:
         m = json.loads((out / "metrics.json").read_text())
     keys = ("recipe", "test_acc", "probe_test_acc", "finetuned_test_acc", "ensemble_test_acc",
             "shipped", "fit_seconds")  # fmt: skip
-    probe = m.get("probe") if isinstance(m.get("probe"), dict) else {}
-    pooled = probe.get("pooled", {}).get("test_acc", m.get("probe_test_acc"))
-    return {**{k: m.get(k) for k in keys}, "pooled_probe_test_acc": pooled,
-            "floor": probe.get("name"), "wall_seconds": round(wall, 1)}  # fmt: skip
+    floor = m["probe"].get("name") if isinstance(m.get("probe"), dict) else None
+    return {**{k: m.get(k) for k in keys}, "pooled_probe_test_acc": pooled_probe(m, "test"),
+            "floor": floor, "wall_seconds": round(wall, 1)}  # fmt: skip
 
 
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}"
-
-
-def _pooled(a: dict) -> float | None:
-    """The exact probe on advise's pooled features (runs from before the spatial readout
-    recorded only the floor, which was that probe)."""
-    return a.get("pooled_probe_test_acc", a["probe_test_acc"])
 
 
 def _std(values: list[float]) -> float:
@@ -86,7 +79,7 @@ def summarise(rows: list[dict]) -> str:
         lines.append(
             f"| {r['family']}-s{r['seed']} | {f.classes * f.train}"
             f"{f' + {f.classes * f.val} val' if f.val else ''} | {a['recipe']} | "
-            f"{_pct(s['test_acc'])} | {_pct(_pooled(a))} | {_pct(a['probe_test_acc'])} | "
+            f"{_pct(s['test_acc'])} | {_pct(pooled(a))} | {_pct(a['probe_test_acc'])} | "
             f"{_pct(tuned)} | {_pct(a['ensemble_test_acc'])} | {shipped} | {100 * gaps[-1]:+.1f} | "
             f"{s['wall_seconds']:.0f} / {a['wall_seconds']:.0f} |"
         )
@@ -98,7 +91,7 @@ def summarise(rows: list[dict]) -> str:
         f"{100 * min(gaps):+.1f}, below on {sum(g < 0 for g in gaps)}).",
     ]
     if large:
-        over = [a["test_acc"] - _pooled(a) for a in large]
+        over = [a["test_acc"] - pooled(a) for a in large]
         floor = [a["test_acc"] - a["probe_test_acc"] for a in large]
         lines.append(
             f"Large cells, shipped - exact probe over {len(large)} tasks: "

@@ -28,12 +28,11 @@ Run: python bench/spatial_readout.py --draws tuning --work /tmp/large-tta
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 from pathlib import Path
 
 import torch
-from common import append_row, read_rows, write
+from common import append_row, pm, read_rows, write
 from heldout_data import LARGE_FAMILIES, REPORT_SEEDS, TUNING_SEEDS, build_task
 from large_variants import load_run
 
@@ -131,11 +130,6 @@ def score(data: dict) -> dict:
     return acc
 
 
-def _pct(values: list[float]) -> str:
-    spread = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):+.1f} ± {spread:.1f}"
-
-
 def summarise(rows: list[dict], draws: str) -> str:
     names = [n for n in rows[0]["test"] if all(n in r["test"] for r in rows)]
     lines = [
@@ -148,11 +142,11 @@ def summarise(rows: list[dict], draws: str) -> str:
         "|---|---|---|---|---|",
     ]
     for name in names:
-        d = [100 * (r["test"][name] - r["test"]["base"]) for r in rows]
-        v = [100 * (r["val"][name] - r["val"]["base"]) for r in rows]
+        d = [r["test"][name] - r["test"]["base"] for r in rows]
+        v = [r["val"][name] - r["val"]["base"] for r in rows]
         label = name.replace("|", " & ")  # a pair: the mean of both readouts' probabilities
-        lines.append(f"| {label} | {_pct(d)} | {min(d):+.1f} | {sum(x > 0 for x in d)} / "
-                     f"{sum(x < 0 for x in d)} | {_pct(v)} |")  # fmt: skip
+        lines.append(f"| {label} | {pm(d)} | {100 * min(d):+.1f} | {sum(x > 0 for x in d)} / "
+                     f"{sum(x < 0 for x in d)} | {pm(v)} |")  # fmt: skip
     return "\n".join(lines)
 
 

@@ -108,9 +108,8 @@ def spatial_floor(floor, datamodule, model, names: list[str], seed: int):
     pooled = {k: floor.probe[k] for k in ("name", "stage", "accuracy", "std", "l2")}
     pooled.update(val_acc=floor.val_acc, test_acc=floor.test_acc)
     if measured["accuracy"] <= floor.probe["accuracy"]:
-        floor.probe = {**floor.probe, "spatial": {**readout, "accuracy": measured["accuracy"]}}
-        floor.seconds = seconds
-        return floor
+        spatial = {**readout, "accuracy": measured["accuracy"]}
+        return replace(floor, probe={**floor.probe, "spatial": spatial}, seconds=seconds)
     probe = {**readout, **{k: measured[k] for k in ("accuracy", "std", "l2", "channels")}}
     with torch.no_grad():
         test = fit.probe.logits(split["test"][0]).softmax(-1).float()
