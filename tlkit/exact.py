@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from tlkit.advise import Candidate, expected_accuracy
+from tlkit.balance import balances_for, imbalance_ratio
 from tlkit.errors import TlkitError
 from tlkit.probe import (
     Probe,
@@ -57,6 +58,9 @@ class ExactFit:
         val_acc: Accuracy on val of the probe fitted on train alone (``None`` without val).
         folds: Folds per repeat of the cross-validation.
         on_train: The probe fitted on train alone (``None`` without val): what ``val_acc`` scores.
+        options: Every class treatment scored on the folds (the chosen one among them), when
+            the classes are imbalanced.
+        imbalance: Largest over smallest class count of the labelled images.
     """
 
     probe: Probe
@@ -65,18 +69,29 @@ class ExactFit:
     val_acc: float | None
     folds: int = 5
     on_train: Probe | None = None
+    options: tuple[Candidate, ...] = ()
+    imbalance: float = 1.0
 
     def record(self, tested: int | None) -> dict[str, Any]:
         """Plain data for metrics.json."""
-        return {
-            "cv_acc": round(self.candidate.mean, 4),
-            "cv_std": round(self.candidate.std, 4),
+        chosen = self.candidate
+        record = {
+            "cv_acc": round(chosen.mean, 4),
+            "cv_std": round(chosen.std, 4),
             "l2": self.probe.l2,
             "labelled": self.labelled,
+            "balance": self.probe.balance,
             "expected_accuracy": expected_accuracy(
-                [self.candidate], self.candidate, self.labelled, tested, 1.0 / self.folds
+                self.options or [chosen], chosen, self.labelled, tested, 1.0 / self.folds
             ),
         }
+        if self.options:
+            record["cv_metric"] = chosen.path.metric
+            record["cv_plain_acc"] = round(float(chosen.path.plain_folds().mean()), 4)
+            record["balance_options"] = {
+                c.path.balance.name: round(c.mean, 4) for c in self.options
+            }
+        return record
 
 
 def fit_exact(
@@ -111,17 +126,25 @@ def fit_exact(
         )
     rows = cv_rows(y.numpy(), seed)
     splits = stratified_folds(y.numpy()[rows], 5, cv_repeats(len(rows)), seed)
-    path = cv_path(x[torch.as_tensor(rows)], y.numpy()[rows], splits)
-    candidate = Candidate(name, stages, int(x.shape[1]), path)
-    probe = fit_probe(x, y, rescale_l2(candidate.l2, len(rows), len(y)), classes)
+    balances, balanced_score = balances_for(y.numpy())
+    options = tuple(
+        Candidate(name, stages, int(x.shape[1]),
+                  cv_path(x[torch.as_tensor(rows)], y.numpy()[rows], splits, balance=b,
+                          balanced_score=balanced_score))
+        for b in balances
+    )  # fmt: skip
+    candidate = max(options, key=lambda c: round(c.mean, 9))  # ties: the simpler treatment
+    balance = candidate.path.balance
+    probe = fit_probe(x, y, rescale_l2(candidate.l2, len(rows), len(y)), classes, balance)
     val_acc = on_train = None
     train_x, train_y = features["train"]
     if len(features["val"][1]):
         strength = rescale_l2(candidate.l2, len(rows), len(train_y))
-        on_train = fit_probe(train_x, train_y, strength, classes)
+        on_train = fit_probe(train_x, train_y, strength, classes, balance)
         val_acc = on_train.accuracy(features["val"][0], features["val"][1])
     repeats = cv_repeats(len(rows))
-    return ExactFit(probe, candidate, len(y), val_acc, len(splits) // repeats, on_train)
+    return ExactFit(probe, candidate, len(y), val_acc, len(splits) // repeats, on_train,
+                    options if balanced_score else (), imbalance_ratio(y.numpy()))  # fmt: skip
 
 
 @torch.no_grad()
@@ -232,7 +255,12 @@ def finetune_exact(model, datamodule, run: ExactRun) -> dict[str, Any]:
     seconds = {"features": round(extracted, 3), "probe": round(fit_seconds - extracted, 3)}
     test_x, test_y = features["test"]
     result = evaluation_metrics(probabilities(model.head, test_x), test_y, datamodule.class_names)
-    metrics: dict[str, Any] = {"test_acc": result["acc"], "test_f1": result["f1"]}
+    metrics: dict[str, Any] = {
+        "test_acc": result["acc"],
+        "test_balanced_acc": result["balanced_acc"],
+        "test_f1": result["f1"],
+        "test_per_class_acc": result["per_class_acc"],
+    }
     if "top5" in result:
         metrics["test_top5"] = result["top5"]
     metrics["val_acc"] = fit.val_acc

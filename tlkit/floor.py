@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from tlkit.balance import balance_named
 from tlkit.errors import TlkitError
 from tlkit.probe import Probe, fit_probe, rescale_l2
 from tlkit.readout import probe_network, probe_spec, spatial_floor
@@ -133,12 +134,13 @@ def probe_floor(
     classes = datamodule.num_classes
     x = torch.cat([split["train"][0], split["val"][0]])
     y = torch.cat([split["train"][1], split["val"][1]])
-    fitted = fit_probe(x, y, rescale_l2(probe["l2"], measured, len(y)), classes)
+    balance = balance_named(probe.get("balance", "none"))
+    fitted = fit_probe(x, y, rescale_l2(probe["l2"], measured, len(y)), classes, balance)
     val_acc = val_probs = on_train = None
     if len(split["val"][1]):
         train_x, train_y = split["train"]
-        on_train = fit_probe(train_x, train_y, rescale_l2(probe["l2"], measured, len(train_y)),
-                             classes)  # fmt: skip
+        strength = rescale_l2(probe["l2"], measured, len(train_y))
+        on_train = fit_probe(train_x, train_y, strength, classes, balance)
         val_acc = on_train.accuracy(*split["val"])
         with torch.no_grad():
             val_probs = on_train.logits(split["val"][0]).softmax(-1).float()
@@ -254,6 +256,7 @@ def settle(
                    finetuned_checkpoint=str(tuned), shipped=winner)  # fmt: skip
     metrics["probe_verdict"] = _verdict(floor, metrics, winner)
     metrics.update(test_acc=result["acc"], test_f1=result["f1"], val_acc=val_acc)
+    metrics.update(test_balanced_acc=result["balanced_acc"])
     if "top5" in result:
         metrics["test_top5"] = result["top5"]
     return result["confusion_matrix"]

@@ -52,6 +52,7 @@ __all__ = ["SOLVERS", "Classifier", "Head", "Standardize", "TransferModule", "po
 def _metrics(num_classes: int, prefix: str) -> MetricCollection:
     metrics: dict[str, Any] = {
         "acc": MulticlassAccuracy(num_classes, average="micro"),
+        "balanced_acc": MulticlassAccuracy(num_classes, average="macro"),
         "f1": MulticlassF1Score(num_classes, average="macro"),
     }
     if num_classes > 5:

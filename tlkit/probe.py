@@ -31,6 +31,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from tlkit.balance import (
+    NO_BALANCE,
+    Balance,
+    balanced_accuracy,
+    class_weights,
+    log_prior,
+)
 from tlkit.errors import TlkitError
 
 __all__ = [
@@ -181,6 +188,7 @@ def fit_logistic(
     init: tuple[torch.Tensor, torch.Tensor] | None = None,
     max_iter: int = 300,
     tolerance_grad: float = 1e-6,
+    weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Minimise ``mean CE(x W^T + b, y) + l2/2 ||W||^2`` by full-batch L-BFGS.
 
@@ -192,11 +200,14 @@ def fit_logistic(
         init: Starting ``(weight, bias)`` (a warm start along an L2 path).
         max_iter: L-BFGS iteration cap.
         tolerance_grad: Stop when no gradient entry is larger.
+        weight: Per-class loss weights (:func:`class_weights`); the mean becomes the weighted
+            mean.
 
     Returns:
         ``weight`` ``(classes, D)`` and ``bias`` ``(classes,)``.
     """
     x = x.double()
+    loss_weight = None if weight is None else weight.double()
     if init is None:
         weight = torch.zeros(classes, x.shape[1], dtype=torch.float64)
         bias = torch.zeros(classes, dtype=torch.float64)
@@ -217,7 +228,8 @@ def fit_logistic(
     def closure() -> torch.Tensor:
         optimizer.zero_grad()
         logits = torch.addmm(bias, x, weight.T)
-        loss = torch.nn.functional.cross_entropy(logits, y) + 0.5 * l2 * weight.pow(2).sum()
+        ce = torch.nn.functional.cross_entropy(logits, y, weight=loss_weight)
+        loss = ce + 0.5 * l2 * weight.pow(2).sum()
         loss.backward()
         return loss
 
@@ -255,24 +267,43 @@ class CVPath:
 
     Attributes:
         l2: The strengths, strongest first.
-        accuracy: ``(len(l2), splits)`` held-out accuracy.
+        accuracy: ``(len(l2), splits)`` held-out score the strength is chosen on: accuracy, or
+            balanced accuracy (mean recall over classes) when ``metric`` says so.
         loss: ``(len(l2), splits)`` held-out mean cross-entropy.
+        metric: ``accuracy`` or ``balanced_accuracy``: what ``accuracy`` holds.
+        balance: How the probe treated unequal classes (:class:`Balance`).
+        plain: ``(len(l2), splits)`` plain held-out accuracy when ``metric`` is balanced
+            accuracy (the accuracy on data mixed as the training set is), else ``None``.
     """
 
     l2: tuple[float, ...]
     accuracy: np.ndarray
     loss: np.ndarray
+    metric: str = "accuracy"
+    balance: Balance = NO_BALANCE
+    plain: np.ndarray | None = None
 
     @property
     def best(self) -> int:
-        """Index of the strength with the best mean accuracy (ties: lower held-out loss)."""
+        """Index of the strength with the best mean score (ties: lower held-out loss)."""
         acc = self.accuracy.mean(1).round(9)
         loss = self.loss.mean(1)
         return int(max(range(len(self.l2)), key=lambda i: (acc[i], -loss[i])))
 
     def folds(self, index: int | None = None) -> np.ndarray:
-        """Per-split accuracy at strength ``index`` (default: the best)."""
+        """Per-split score at strength ``index`` (default: the best)."""
         return self.accuracy[self.best if index is None else index]
+
+    def plain_folds(self, index: int | None = None) -> np.ndarray:
+        """Per-split plain accuracy at strength ``index`` (default: the best)."""
+        table = self.accuracy if self.plain is None else self.plain
+        return table[self.best if index is None else index]
+
+    def _cut(self, end: int) -> CVPath:
+        plain = None if self.plain is None else self.plain[:end]
+        return CVPath(
+            self.l2[:end], self.accuracy[:end], self.loss[:end], self.metric, self.balance, plain
+        )
 
 
 def cv_path(
@@ -281,12 +312,15 @@ def cv_path(
     splits: Splits,
     grid: Sequence[float] = L2_GRID,
     patience: int = 3,
+    balance: Balance = NO_BALANCE,
+    balanced_score: bool = False,
 ) -> CVPath:
     """Held-out accuracy and loss of the standardised logistic probe along ``grid``, per split.
 
-    Standardisation is fitted on each split's training part only, so nothing leaks. Large
-    enough splits are solved side by side, one per torch thread (:func:`_solver_map`); each
-    solve runs on one thread, so the result does not depend on how many ran at once.
+    Standardisation is fitted on each split's training part only, so nothing leaks; so are the
+    class weights and the class frequencies of ``balance``. Large enough splits are solved side
+    by side, one per torch thread (:func:`_solver_map`); each solve runs on one thread, so the
+    result does not depend on how many ran at once.
 
     Args:
         features: ``(N, D)`` features.
@@ -294,7 +328,10 @@ def cv_path(
         splits: ``(train_indices, test_indices)`` pairs, e.g. from :func:`stratified_folds`.
         grid: L2 strengths, strongest first.
         patience: Stop the path after this many strengths in a row below the best mean
-            accuracy so far (the path is scored only up to there).
+            score so far (the path is scored only up to there).
+        balance: How the probe treats unequal classes.
+        balanced_score: Score (and choose the strength) on balanced accuracy, the accuracy a
+            test set with equal classes would give.
 
     Returns:
         The :class:`CVPath`.
@@ -306,25 +343,38 @@ def cv_path(
     size = rows * min(rows, x.shape[1])  # entries of a training matrix, after span reduction
     with _one_thread() as threads, _solver_map(min(threads, len(splits)), size) as run:
         prepared = list(run(lambda s: (*_prepare(x, *s), y[s[0]], y[s[1]]), splits))
+        weights = [class_weights(p[2], classes, balance.power) for p in prepared]
+        shifts = [log_prior(p[2], classes) if balance.adjust else 0.0 for p in prepared]
         states: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(splits)
         accuracy = np.zeros((len(grid), len(splits)))
+        plain = np.zeros((len(grid), len(splits)))
         loss = np.zeros((len(grid), len(splits)))
         best, worse = -1.0, 0
 
-        def solve(split: tuple, l2: float, init: tuple | None) -> tuple[torch.Tensor, torch.Tensor]:
-            return fit_logistic(split[0], split[2], classes, l2, init=init, **_LOOSE)
+        def solve(split: tuple, l2: float, init: tuple | None, weight) -> tuple:
+            return fit_logistic(split[0], split[2], classes, l2, init=init, weight=weight, **_LOOSE)
 
         for g, l2 in enumerate(grid):
-            states = list(run(solve, prepared, [l2] * len(splits), states))
+            states = list(run(solve, prepared, [l2] * len(splits), states, weights))
             for s, (_, x_test, _, y_test) in enumerate(prepared):
-                logits = torch.addmm(states[s][1], x_test, states[s][0].T)
-                accuracy[g, s] = float((logits.argmax(1) == y_test).double().mean())
-                loss[g, s] = float(torch.nn.functional.cross_entropy(logits, y_test))
+                logits = torch.addmm(states[s][1], x_test, states[s][0].T) - shifts[s]
+                plain[g, s], accuracy[g, s], loss[g, s] = _scores(logits, y_test, balanced_score)
             mean = float(accuracy[g].mean())
             best, worse = (mean, 0) if mean > best else (best, worse + 1)
             if worse >= patience:  # past the peak: weaker strengths cost most and fit worse
-                return CVPath(tuple(grid[: g + 1]), accuracy[: g + 1], loss[: g + 1])
-    return CVPath(tuple(grid), accuracy, loss)
+                break
+    metric = "balanced_accuracy" if balanced_score else "accuracy"
+    path = CVPath(tuple(grid), accuracy, loss, metric, balance, plain if balanced_score else None)
+    return path._cut(len(path.l2) if worse < patience else g + 1)
+
+
+def _scores(logits: torch.Tensor, labels: torch.Tensor, balanced: bool) -> tuple[float, ...]:
+    """Held-out accuracy, the score a strength is chosen on (balanced accuracy when
+    ``balanced``, else accuracy again) and mean cross-entropy."""
+    predicted = logits.argmax(1)
+    plain = float((predicted == labels).double().mean())
+    score = balanced_accuracy(predicted, labels) if balanced else plain
+    return plain, score, float(torch.nn.functional.cross_entropy(logits, labels))
 
 
 @dataclass(frozen=True)
@@ -335,8 +385,10 @@ class Probe:
         mean: ``(D,)`` feature means of the fitting set.
         std: ``(D,)`` feature standard deviations of the fitting set.
         weight: ``(classes, D)``.
-        bias: ``(classes,)``.
+        bias: ``(classes,)`` (with ``logit-adjusted`` balance, the log class frequencies of the
+            fitting set already subtracted).
         l2: The L2 strength it was fitted with.
+        balance: Name of the :class:`Balance` it was fitted with.
     """
 
     mean: torch.Tensor
@@ -344,6 +396,7 @@ class Probe:
     weight: torch.Tensor
     bias: torch.Tensor
     l2: float
+    balance: str = "none"
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         """Class scores of ``(N, D)`` features."""
@@ -358,7 +411,11 @@ class Probe:
 
 @_one_thread()
 def fit_probe(
-    features: torch.Tensor, labels: torch.Tensor | np.ndarray, l2: float, classes: int | None = None
+    features: torch.Tensor,
+    labels: torch.Tensor | np.ndarray,
+    l2: float,
+    classes: int | None = None,
+    balance: Balance = NO_BALANCE,
 ) -> Probe:
     """Standardise on all of ``features`` and fit the logistic probe with strength ``l2``.
 
@@ -367,6 +424,7 @@ def fit_probe(
         labels: ``N`` class indices.
         l2: L2 strength (e.g. ``path.l2[path.best]`` from :func:`cv_path`).
         classes: Number of classes (default: largest label + 1).
+        balance: How to treat unequal classes (e.g. ``path.balance``).
 
     Returns:
         The fitted :class:`Probe`, in the original feature space.
@@ -379,12 +437,15 @@ def fit_probe(
     basis = _reduce(z)
     reduced = z if basis is None else z @ basis
     state = None
+    loss_weight = class_weights(y, classes, balance.power)
     # The same path as the cross-validation, so the refit lands on the same solution branch.
     for strength in [s for s in L2_GRID if s > l2] + [l2]:
-        state = fit_logistic(reduced, y, classes, strength, init=state)
+        state = fit_logistic(reduced, y, classes, strength, init=state, weight=loss_weight)
     weight, bias = state
     if basis is not None:
         weight = weight @ basis.T
+    if balance.adjust:
+        bias = bias - log_prior(y, classes)
     if not math.isfinite(float(weight.abs().sum())):
         raise TlkitError("the probe did not converge (non-finite weights); check the features")
-    return Probe(mean, std, weight, bias, float(l2))
+    return Probe(mean, std, weight, bias, float(l2), balance.name)

@@ -14,6 +14,7 @@ import torch
 #: The metrics shown in the results table and at the top of the report, in order.
 RESULT_KEYS = (
     "test_acc",
+    "test_balanced_acc",
     "test_top5",
     "test_f1",
     "test_loss",
@@ -37,7 +38,8 @@ __all__ = [
 
 
 def evaluation_metrics(probs: torch.Tensor, targets: torch.Tensor, names: Sequence[str]) -> dict:
-    """Accuracy, top-5, macro F1, per-class accuracy and the confusion matrix.
+    """Accuracy, balanced accuracy (mean per-class recall), top-5, macro F1, per-class
+    accuracy (recall) and the confusion matrix.
 
     Args:
         probs: ``(N, C)`` class probabilities.
@@ -63,6 +65,8 @@ def evaluation_metrics(probs: torch.Tensor, targets: torch.Tensor, names: Sequen
         result["top5"] = float(multiclass_accuracy(probs, targets, num, top_k=5, average="micro"))
     confusion = multiclass_confusion_matrix(probs, targets, num)
     result["per_class_acc"] = per_class_accuracy(confusion, names)
+    recalls = [v for v in result["per_class_acc"].values() if v is not None]
+    result["balanced_acc"] = sum(recalls) / len(recalls) if recalls else float("nan")
     result["confusion_matrix"] = confusion.tolist()
     return result
 
@@ -85,7 +89,7 @@ def print_evaluation(result: dict) -> None:
     table = Table(title=f"evaluation ({result['num_samples']} images)")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for key in ("acc", "top5", "f1"):
+    for key in ("acc", "balanced_acc", "top5", "f1"):
         if key in result:
             table.add_row(key, f"{result[key]:.4f}")
     per_class = Table(title="per-class accuracy")

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "tlkit"
-MAX_FILE_LINES = 400
+#: A guard against grab-bag files, not a budget: a module ends where its concept does.
+MAX_FILE_LINES = 600
 MAX_FUNCTION_LINES = 60
 
 

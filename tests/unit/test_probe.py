@@ -124,3 +124,83 @@ def test_past_the_limit_the_folds_use_a_stratified_subsample_and_the_strength_is
     assert cv_rows(labels, seed=0, limit=5000).tolist() == list(range(1000))
     # the same penalty per total loss: C = 1 / (l2 n) unchanged
     assert rescale_l2(0.1, 200, 1000) * 1000 == pytest.approx(0.1 * 200)
+
+
+def _long_tail(counts: tuple[int, ...], dims: int = 6, sep: float = 1.6, seed: int = 0):
+    """Overlapping Gaussian classes with ``counts`` images each (and the generator's centres)."""
+    rng = np.random.default_rng(seed)
+    centres = sep * rng.normal(size=(len(counts), dims)) / np.sqrt(dims) * 2
+    labels = np.repeat(np.arange(len(counts)), counts)
+    x = rng.normal(size=(len(labels), dims)) + centres[labels]
+    return torch.as_tensor(x), torch.as_tensor(labels), centres
+
+
+@pytest.mark.parametrize(("name", "power"), [("balanced", 1.0), ("sqrt", 0.5)])
+def test_class_weighted_fit_matches_scikit_learn_class_weight(name: str, power: float) -> None:
+    from tlkit.balance import balance_named, class_weights
+
+    x, y, _ = _long_tail((60, 20, 5))
+    l2 = 0.05
+    weight, _ = fit_logistic(x, y, 3, l2, weight=class_weights(y, 3, power))
+    counts = np.bincount(y.numpy())
+    per_class = len(y) / (3 * counts) if name == "balanced" else counts**-power
+    given = "balanced" if name == "balanced" else dict(enumerate(per_class))
+    # scikit-learn minimises 0.5 ||W||^2 + C * sum w_i CE_i; ours divides the sum by sum w_i.
+    total = float((per_class * counts).sum())
+    oracle = LogisticRegression(C=1.0 / (l2 * total), class_weight=given, tol=1e-10,
+                                max_iter=10_000).fit(x, y)  # fmt: skip
+    ours = weight - weight.mean(0)
+    theirs = torch.as_tensor(oracle.coef_) - torch.as_tensor(oracle.coef_).mean(0)
+    assert torch.allclose(ours, theirs, atol=1e-3)
+    probe = fit_probe(x, y, l2, 3, balance_named(name))
+    assert probe.balance == name
+
+
+def test_logit_adjustment_subtracts_the_log_class_frequencies() -> None:
+    from tlkit.balance import balance_named
+
+    x, y, _ = _long_tail((60, 20, 5))
+    plain = fit_probe(x, y, 0.05, 3)
+    adjusted = fit_probe(x, y, 0.05, 3, balance_named("logit-adjusted"))
+    prior = torch.as_tensor(np.bincount(y.numpy()) / len(y)).log()
+    assert torch.allclose(adjusted.bias, plain.bias - prior)
+    assert torch.equal(adjusted.weight, plain.weight)
+    # rarer classes are predicted more often once adjusted
+    x_test, _, _ = _long_tail((200, 200, 200), seed=5)
+    counts_plain = torch.bincount(plain.logits(x_test).argmax(1), minlength=3)
+    counts_adj = torch.bincount(adjusted.logits(x_test).argmax(1), minlength=3)
+    assert counts_adj[2] > counts_plain[2]
+
+
+def test_balanced_scoring_only_on_imbalanced_labels() -> None:
+    from tlkit.balance import BALANCES, balanced_accuracy, balances_for, imbalance_ratio
+
+    assert balances_for(np.repeat([0, 1, 2], [10, 10, 11])) == ((BALANCES[0],), False)
+    assert balances_for(np.repeat([0, 1, 2], [100, 10, 3])) == (BALANCES, True)
+    assert imbalance_ratio(np.repeat([0, 1, 2], [100, 10, 3])) == pytest.approx(100 / 3)
+    predicted, labels = torch.tensor([0, 0, 0, 0, 1]), torch.tensor([0, 0, 0, 1, 1])
+    assert balanced_accuracy(predicted, labels) == pytest.approx((1.0 + 0.5) / 2)
+
+
+def test_exact_fit_on_a_long_tail_is_chosen_and_predicted_on_balanced_accuracy() -> None:
+    from sklearn.metrics import balanced_accuracy_score
+
+    x, y, centres = _long_tail((200, 80, 30, 12, 6, 3), seed=0)
+    rng = np.random.default_rng(9)
+    test_y = np.repeat(np.arange(6), 300)  # a balanced test set from the same classes
+    test_x = torch.as_tensor(rng.normal(size=(len(test_y), x.shape[1])) + centres[test_y])
+    features = {"train": (x, y), "val": (x[:0], y[:0])}
+    fit = fit_exact(features, "top", (None,), 6)
+    record = fit.record(len(test_y))
+    assert record["cv_metric"] == "balanced_accuracy"
+    assert record["expected_accuracy"]["metric"] == "balanced_accuracy"
+    assert set(record["balance_options"]) == {"none", "sqrt", "balanced", "logit-adjusted"}
+    assert record["balance"] != "none"
+    ours = balanced_accuracy_score(test_y, fit.probe.logits(test_x).argmax(1).numpy())
+    plain = LogisticRegression(C=1.0 / (fit.probe.l2 * len(y)), max_iter=5000).fit(x, y)
+    unweighted = balanced_accuracy_score(test_y, plain.predict(test_x))
+    assert ours > unweighted + 0.02
+    expected = record["expected_accuracy"]
+    assert expected["low"] <= ours <= expected["high"]
+    # the training mix's accuracy is reported too, and it is what the old estimate promised
+    assert record["cv_plain_acc"] > record["cv_acc"]

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from tlkit.balance import NO_BALANCE, Balance
 from tlkit.errors import TlkitError
 from tlkit.probe import CVPath, cv_path
 from tlkit.recipes import cell_recipe
@@ -96,6 +97,8 @@ class Candidate:
             "std": round(self.std, 4),
             "l2": self.l2,
             "deep": self.deep,
+            "metric": self.path.metric,
+            "balance": self.path.balance.name,
         }
 
 
@@ -127,6 +130,8 @@ def score_candidates(
     labels: np.ndarray,
     names: Sequence[str],
     splits: Sequence[tuple[np.ndarray, np.ndarray]],
+    balance: Balance = NO_BALANCE,
+    balanced_score: bool = False,
 ) -> list[Candidate]:
     """Score every stage, the top features and top + the best deep earlier stage.
 
@@ -135,22 +140,26 @@ def score_candidates(
         labels: Class of each row.
         names: Names of ``blocks`` (the last one is ``top``).
         splits: The shared folds.
+        balance: How every probe treats unequal classes.
+        balanced_score: Score on balanced accuracy (imbalanced classes).
 
     Returns:
         Candidates: the top, the concatenation, the stages deep to shallow.
     """
     last = len(blocks) - 1
+
+    def path(features: torch.Tensor) -> CVPath:
+        return cv_path(features, labels, splits, balance=balance, balanced_score=balanced_score)
+
     stages = [
-        Candidate(names[i], (i,), int(b.shape[1]), cv_path(b, labels, splits), deep=i >= last - 2)
+        Candidate(names[i], (i,), int(b.shape[1]), path(b), deep=i >= last - 2)
         for i, b in enumerate(blocks[:-1])
     ]
-    top = Candidate("top", (None,), int(blocks[-1].shape[1]), cv_path(blocks[-1], labels, splits))
+    top = Candidate("top", (None,), int(blocks[-1].shape[1]), path(blocks[-1]))
     partner = max(reversed([c for c in stages if c.deep]), key=lambda c: c.mean)
     index = partner.stages[0]
     joined = torch.cat([blocks[-1], blocks[index]], dim=1)
-    both = Candidate(
-        f"top+{partner.name}", (None, index), int(joined.shape[1]), cv_path(joined, labels, splits)
-    )
+    both = Candidate(f"top+{partner.name}", (None, index), int(joined.shape[1]), path(joined))
     return [top, both, *reversed(stages)]
 
 
@@ -201,7 +210,9 @@ def expected_accuracy(
         test_fraction: Share of the samples in each held-out fold (``1/k``).
 
     Returns:
-        ``estimate``, ``low``, ``high`` (a 90 % interval) and ``bias``, as fractions.
+        ``estimate``, ``low``, ``high`` (a 90 % interval) and ``bias``, as fractions, and
+        ``metric``: ``accuracy``, or ``balanced_accuracy`` (the accuracy on a test set with
+        equal classes) when the candidates were scored on it.
     """
     rows = np.concatenate([c.path.accuracy for c in candidates], axis=0)
     bias = float((rows.max(axis=0) - chosen.folds).mean())
@@ -215,6 +226,7 @@ def expected_accuracy(
         "low": round(max(estimate - half, 0.0), 4),
         "high": round(min(estimate + half, 1.0), 4),
         "bias": round(bias, 4),
+        "metric": chosen.path.metric,
     }
 
 

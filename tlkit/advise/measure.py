@@ -20,6 +20,7 @@ from tlkit.advise.candidates import (
     score_candidates,
 )
 from tlkit.backbones import DEFAULT_BACKBONE, create_backbone
+from tlkit.balance import advised_balance, balances_for, imbalance_ratio
 from tlkit.data.datamodule import TransferDataModule
 from tlkit.data.datasets import ImageDataset
 from tlkit.data.features import (
@@ -194,10 +195,19 @@ def _decided(
     tested = len(decodable["test"]) if with_test else None
     expected = expected_accuracy(candidates, verdict["probe"], labelled, tested, 1.0 / k)
     report = _report(verdict, candidates, expected, counts.median, num_classes)
+    if cv.balanced_score:
+        report["evidence"]["reason"] += (
+            f" The classes are imbalanced ({counts.minimum} to {max(counts.per_class)} training "
+            f"images, {counts.ratio:.1f}x): the probes weigh every class equally and are scored "
+            "on balanced accuracy, the accuracy a test set with equal classes gives."
+        )
     report["evidence"].update(
         num_train=len(decodable["train"]),
         num_val=len(decodable["val"]),
         min_per_class=counts.minimum,
+        class_counts=counts.per_class,
+        imbalance_ratio=round(counts.ratio, 3),
+        imbalanced=cv.balanced_score,
         images_measured=labelled,
         **facts,
         folds=k,
@@ -208,17 +218,21 @@ def _decided(
 
 @dataclass(frozen=True)
 class _Counts:
-    """Labelled training images per class: the median (an int when whole) and the minimum."""
+    """Labelled training images per class: the median (an int when whole), the minimum, each
+    class's count and the largest over the smallest."""
 
     median: float | int
     minimum: int
+    per_class: list[int]
+    ratio: float
 
 
 def _class_counts(labels: Sequence[int], num_classes: int) -> _Counts:
     counts = Counter(labels)
     per_class = [counts.get(c, 0) for c in range(num_classes)]
     median = float(np.median(per_class))
-    return _Counts(int(median) if median.is_integer() else median, min(per_class))
+    ratio = imbalance_ratio(list(labels))
+    return _Counts(int(median) if median.is_integer() else median, min(per_class), per_class, ratio)
 
 
 @dataclass
@@ -229,6 +243,7 @@ class _CrossValidation:
     folds: int
     repeats: int | None
     seed: int
+    balanced_score: bool = False
 
     def score(self, features: StageFeatures) -> tuple[list[Candidate], int, int]:
         """Score every candidate; returns them, the images measured and the folds per repeat."""
@@ -239,7 +254,11 @@ class _CrossValidation:
             self.repeats = cv_repeats(len(rows))
         splits = stratified_folds(labels[rows], self.folds, self.repeats, self.seed)
         blocks = list(torch.split(labelled[rows].double(), features.widths, dim=1))
-        candidates = score_candidates(blocks, labels[rows], features.names, splits)
+        self.balanced_score = balances_for(labels)[1]
+        balance = advised_balance(self.balanced_score)
+        candidates = score_candidates(
+            blocks, labels[rows], features.names, splits, balance, self.balanced_score
+        )
         return candidates, len(rows), len(splits) // max(self.repeats, 1)
 
 

@@ -141,8 +141,9 @@ def _print_summary(report: dict[str, Any], data: str) -> None:
     console = Console()
     console.print(table)
     expected = report["expected_accuracy"]
+    metric = expected.get("metric", "accuracy").replace("_", " ")
     console.print(
-        f"chance {evidence['chance']:.3f}; expected accuracy of the chosen probe "
+        f"chance {evidence['chance']:.3f}; expected {metric} of the chosen probe "
         f"{expected['estimate']:.3f} (90 % interval {expected['low']:.3f}-{expected['high']:.3f}, "
         f"selection bias {expected['bias']:.3f} removed)"
     )

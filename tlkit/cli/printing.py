@@ -60,6 +60,7 @@ def print_results(metrics: dict[str, Any], run_dir: Path) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from tlkit.balance import IMBALANCE_RATIO
     from tlkit.report import RESULT_KEYS
 
     table = Table(title="tlkit results")
@@ -71,10 +72,19 @@ def print_results(metrics: dict[str, Any], run_dir: Path) -> None:
             table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
     console = Console()
     console.print(table)
+    ratio = metrics.get("imbalance_ratio", 1.0)
+    if ratio >= IMBALANCE_RATIO:
+        counts = metrics.get("train_class_counts") or []
+        console.print(
+            f"the classes are imbalanced ({min(c for c in counts if c)} to {max(counts)} training "
+            f"images, {ratio:.1f}x): on a test set with equal classes, expect test_balanced_acc",
+            highlight=False,
+        )
     expected = metrics.get("expected_accuracy")
     if expected:
+        metric = expected.get("metric", "accuracy").replace("_", " ")
         console.print(
-            f"expected accuracy (cross-validated, before the test): {expected['estimate']:.3f}, "
+            f"expected {metric} (cross-validated, before the test): {expected['estimate']:.3f}, "
             f"90 % interval {expected['low']:.3f}-{expected['high']:.3f}",
             highlight=False,
         )

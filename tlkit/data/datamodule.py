@@ -188,10 +188,16 @@ class TransferDataModule(L.LightningDataModule):
         src = self.source
         splits = self._decodable or {"train": src.train, "val": src.val, "test": src.test}
         sizes = {f"num_{name}": len(split) for name, split in splits.items()}
+        counts = [0] * len(src.classes)
+        for label in splits["train"].labels:
+            counts[label] += 1
+        present = [c for c in counts if c]
         return {
             "data": src.name,
             "num_classes": len(src.classes),
             **sizes,
+            "train_class_counts": counts,
+            "imbalance_ratio": round(max(present) / min(present), 3) if present else 1.0,
             "image_size": self.spec.size,
         }
 
