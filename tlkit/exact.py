@@ -259,7 +259,7 @@ def finetune_exact(model, datamodule, run: ExactRun) -> dict[str, Any]:
         "test_acc": result["acc"],
         "test_balanced_acc": result["balanced_acc"],
         "test_f1": result["f1"],
-        "test_per_class_acc": result["per_class_acc"],
+        "per_class_test_acc": result["per_class_acc"],
     }
     if "top5" in result:
         metrics["test_top5"] = result["top5"]

@@ -39,7 +39,7 @@ def test_a_100_to_3_folder_runs_end_to_end_and_says_it_is_imbalanced(tmp_path, c
     assert metrics["probe"]["balance"] == advice["probe"]["balance"] == "balanced"
     assert metrics["imbalance_ratio"] == pytest.approx(100 / 3, rel=1e-3)
     assert "the classes are imbalanced (3 to 100 training images" in out
-    per_class = metrics["test_per_class_acc"]
+    per_class = metrics["per_class_test_acc"]
     assert set(per_class) == {"circle", "square", "triangle"}
     assert metrics["test_balanced_acc"] == pytest.approx(sum(per_class.values()) / 3)
     assert per_class["triangle"] >= 0.5  # the 3-image class is still found on a balanced test

@@ -39,6 +39,8 @@ def test_demo_has_the_documented_splits():
         "num_train": 200,
         "num_val": 100,
         "num_test": 500,
+        "train_class_counts": [20] * 10,
+        "imbalance_ratio": 1.0,
         "image_size": 224,
     }
     assert dm.num_classes == 10

@@ -287,7 +287,7 @@ def _write_run(run_dir: Path, metrics: dict[str, Any], confusion, datamodule) ->
     from tlkit.report import per_class_accuracy, write_run_report
 
     if confusion is not None:
-        metrics["test_per_class_acc"] = per_class_accuracy(confusion, datamodule.class_names)
+        metrics["per_class_test_acc"] = per_class_accuracy(confusion, datamodule.class_names)
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     write_run_report(
         run_dir,
