@@ -10,6 +10,7 @@ from common import RESULTS, machine
 ORDER = [
     "heldout-report",
     "heldout-report-first",
+    "imbalance",
     "large-report",
     "large-report-pooled-floor",
     "large-report-trained-head",
