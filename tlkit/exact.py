@@ -127,12 +127,16 @@ def fit_exact(
     rows = cv_rows(y.numpy(), seed)
     splits = stratified_folds(y.numpy()[rows], 5, cv_repeats(len(rows)), seed)
     balances, balanced_score = balances_for(y.numpy())
+    cv_x, cv_y = x[torch.as_tensor(rows)], y.numpy()[rows]
     options = tuple(
-        Candidate(name, stages, int(x.shape[1]),
-                  cv_path(x[torch.as_tensor(rows)], y.numpy()[rows], splits, balance=b,
-                          balanced_score=balanced_score))
+        Candidate(
+            name,
+            stages,
+            int(x.shape[1]),
+            cv_path(cv_x, cv_y, splits, balance=b, balanced_score=balanced_score),
+        )
         for b in balances
-    )  # fmt: skip
+    )
     candidate = max(options, key=lambda c: round(c.mean, 9))  # ties: the simpler treatment
     balance = candidate.path.balance
     probe = fit_probe(x, y, rescale_l2(candidate.l2, len(rows), len(y)), classes, balance)
@@ -143,8 +147,11 @@ def fit_exact(
         on_train = fit_probe(train_x, train_y, strength, classes, balance)
         val_acc = on_train.accuracy(features["val"][0], features["val"][1])
     repeats = cv_repeats(len(rows))
-    return ExactFit(probe, candidate, len(y), val_acc, len(splits) // repeats, on_train,
-                    options if balanced_score else (), imbalance_ratio(y.numpy()))  # fmt: skip
+    scored = options if balanced_score else ()
+    folds = len(splits) // repeats
+    return ExactFit(
+        probe, candidate, len(y), val_acc, folds, on_train, scored, imbalance_ratio(y.numpy())
+    )
 
 
 @torch.no_grad()

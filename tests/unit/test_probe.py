@@ -147,8 +147,8 @@ def test_class_weighted_fit_matches_scikit_learn_class_weight(name: str, power: 
     given = "balanced" if name == "balanced" else dict(enumerate(per_class))
     # scikit-learn minimises 0.5 ||W||^2 + C * sum w_i CE_i; ours divides the sum by sum w_i.
     total = float((per_class * counts).sum())
-    oracle = LogisticRegression(C=1.0 / (l2 * total), class_weight=given, tol=1e-10,
-                                max_iter=10_000).fit(x, y)  # fmt: skip
+    oracle = LogisticRegression(C=1.0 / (l2 * total), class_weight=given, tol=1e-10, max_iter=9999)
+    oracle.fit(x, y)
     ours = weight - weight.mean(0)
     theirs = torch.as_tensor(oracle.coef_) - torch.as_tensor(oracle.coef_).mean(0)
     assert torch.allclose(ours, theirs, atol=1e-3)
