@@ -155,7 +155,8 @@ def _export_onnx(model: torch.nn.Module, example: torch.Tensor, target: Path, re
         import onnxruntime
     except ImportError as err:
         raise TlkitError(
-            "ONNX export needs onnx and onnxruntime: pip install 'tlkit[export]'"
+            "ONNX export needs onnx and onnxruntime, which tlkit installs: "
+            "pip install onnx onnxruntime"
         ) from err
     with atomic_path(target) as tmp:
         torch.onnx.export(

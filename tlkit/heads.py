@@ -20,6 +20,7 @@ from tlkit.errors import TlkitError
 
 __all__ = [
     "Classifier",
+    "Encoder",
     "FractionalMaxPool",
     "Head",
     "Standardize",
@@ -327,3 +328,23 @@ class Classifier(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(pooled_features(self.backbone, images, self.stage, self.grid))
+
+
+class Encoder(nn.Module):
+    """A plain ``images -> features`` module (backbone and pooling) for a frozen pass."""
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        stage: int | tuple[int | None, ...] | None = None,
+        grid: Grid = 1,
+        channels_last: bool = False,
+    ) -> None:
+        super().__init__()
+        self.backbone, self.stage, self.grid = backbone, stage, grid
+        self.channels_last = channels_last
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.channels_last and not torch.onnx.is_in_onnx_export():
+            images = images.contiguous(memory_format=torch.channels_last)
+        return pooled_features(self.backbone, images, self.stage, self.grid)

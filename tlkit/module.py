@@ -26,6 +26,7 @@ from tlkit.errors import TlkitError
 from tlkit.full_batch import FreshCurvature, head_l2_penalty, l2_strength
 from tlkit.heads import (
     Classifier,
+    Encoder,
     Head,
     Standardize,
     feature_moments,
@@ -36,6 +37,7 @@ from tlkit.heads import (
 )
 from tlkit.hparams import SOLVERS, check_settings, check_strategy, exact_applies
 from tlkit.optim import build_optimizer, layer_param_groups
+from tlkit.runtimes import FrozenPass
 from tlkit.scheduler import fit_steps, schedule_lr
 from tlkit.schedules import make_schedule
 from tlkit.strategies import (
@@ -103,6 +105,10 @@ class TransferModule(L.LightningModule):
             refitted on all of them) or ``auto`` (``exact`` where it applies, else ``epochs``;
             the plain Lightning ``fit`` always trains by epochs).
     """
+
+    #: The frozen pass (built at first use) and whether :meth:`encode` goes through it now.
+    _pass: FrozenPass | None = None
+    _frozen: FrozenPass | None = None
 
     def __init__(
         self,
@@ -258,7 +264,12 @@ class TransferModule(L.LightningModule):
 
     # --- forward -----------------------------------------------------------------------
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """Pooled backbone features the head reads (from ``feature_stage`` when set)."""
+        """Pooled backbone features the head reads (from ``feature_stage`` when set).
+
+        In a frozen pass (testing, predicting, caching features) without gradients they come
+        from :meth:`frozen_pass`, on the fastest runtime installed (:mod:`tlkit.runtimes`)."""
+        if self._frozen is not None and not torch.is_grad_enabled():
+            return self._frozen(images)
         if self.hparams.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.backbone_frozen):
@@ -278,12 +289,38 @@ class TransferModule(L.LightningModule):
         if not self.strategy.frozen_backbone or self.strategy.bn == "train":
             return None
         key = f"{self.hparams.backbone}:{tensor_digest(self.backbone)}:{self.strategy.reads}"
+        return FeatureExtractor(self.frozen_pass(), key)
 
-        def extract(images: torch.Tensor) -> torch.Tensor:
-            self.backbone.eval()
-            return self.encode(images)
+    def frozen_pass(self) -> FrozenPass:
+        """The backbone's ``images -> features`` map as a :class:`~tlkit.runtimes.FrozenPass`:
+        on the CPU it runs on the fastest runtime installed, re-exported whenever the weights
+        change."""
+        if self._pass is None:
+            strategy = self.strategy
+            encoder = Encoder(
+                self.backbone, strategy.feature_stage, strategy.grid, self.hparams.channels_last
+            )
+            self._pass = FrozenPass(encoder, f"{self.hparams.backbone}:{strategy.reads}")
+        return self._pass
 
-        return FeatureExtractor(extract, key)
+    def use_frozen_pass(self, on: bool, images: int | None = None) -> None:
+        """Route :meth:`encode` through :meth:`frozen_pass` (``on``, for a pass over ``images``
+        images when known) or back to torch."""
+        self._frozen = self.frozen_pass() if on else None
+        if on:
+            self._frozen.planned = images
+
+    def on_test_start(self) -> None:
+        self.use_frozen_pass(True, _planned(self.trainer.test_dataloaders))
+
+    def on_test_end(self) -> None:
+        self.use_frozen_pass(False)
+
+    def on_predict_start(self) -> None:
+        self.use_frozen_pass(True, _planned(self.trainer.predict_dataloaders))
+
+    def on_predict_end(self) -> None:
+        self.use_frozen_pass(False)
 
     # --- steps -------------------------------------------------------------------------
     def _loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -398,3 +435,12 @@ class TransferModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Checkpoints hold every weight, so reloading one needs no pretrained download."""
         self_contained(checkpoint, self.weights_source)
+
+
+def _planned(loaders: Any) -> int | None:
+    """Images in a trainer's evaluation dataloaders, when they say."""
+    loaders = loaders if isinstance(loaders, list | tuple) else [loaders]
+    try:
+        return sum(len(loader.dataset) for loader in loaders)
+    except (AttributeError, TypeError):
+        return None

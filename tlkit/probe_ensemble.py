@@ -49,6 +49,11 @@ class ProbeEnsemble(TransferModule):
             "fine-tuning; to train, start from its fine-tuned member (finetuned.ckpt)"
         )
 
+    def use_frozen_pass(self, on: bool, images: int | None = None) -> None:
+        """Both members' frozen passes on or off together."""
+        super().use_frozen_pass(on, images)
+        self.probe_partner.use_frozen_pass(on, images)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The log of the two members' mean class probabilities for images ``(N, C, H, W)``."""
         if x.ndim == 2:

@@ -50,8 +50,7 @@ def require_fit_end(trainer: L.Trainer, owner: str, consequence: str) -> None:
     endless = trainer.max_epochs is None or trainer.max_epochs < 0
     if endless and (trainer.max_steps is None or trainer.max_steps < 0):
         raise TlkitError(
-            f"{owner}: the fit has no end, so {consequence}; "
-            "set `max_epochs=N` or `max_steps=N`"
+            f"{owner}: the fit has no end, so {consequence}; set `max_epochs=N` or `max_steps=N`"
         )
 
 
@@ -68,9 +67,7 @@ def fit_steps(trainer: L.Trainer, owner: str | None = None) -> FitSteps:
     estimate = trainer.estimated_stepping_batches
     if not math.isfinite(estimate):
         who = f"{owner}: " if owner else ""
-        raise TlkitError(
-            f"{who}training has no end: set `max_epochs=N` or `max_steps=N`"
-        )
+        raise TlkitError(f"{who}training has no end: set `max_epochs=N` or `max_steps=N`")
     total = int(estimate)
     batches = trainer.num_training_batches
     if math.isfinite(batches):

@@ -32,6 +32,7 @@ from tlkit.data.features import (
 from tlkit.data.sources import DataSource, Split
 from tlkit.errors import TlkitError
 from tlkit.probe import cv_repeats, cv_rows, stratified_folds
+from tlkit.runtimes import FrozenPass
 from tlkit.transforms import build_pipeline, eval_transform
 
 __all__ = ["StageFeatures", "measure", "stage_features"]
@@ -51,6 +52,18 @@ def stage_features(backbone: torch.nn.Module, images: torch.Tensor) -> list[torc
     final, intermediates = backbone.forward_intermediates(images)
     pooled = [t.mean(dim=(2, 3)) if t.ndim == 4 else t.mean(dim=1) for t in intermediates]
     return [*pooled, backbone.forward_head(final)]
+
+
+class AllStages(torch.nn.Module):
+    """:func:`stage_features` as one module: every stage's pooled features, then the top,
+    concatenated."""
+
+    def __init__(self, backbone: torch.nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.cat(stage_features(self.backbone, images), dim=1)
 
 
 @dataclass
@@ -92,10 +105,8 @@ def _extract(
 ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """All-stage features of each split, from the cache or one pass over its images."""
 
-    def extract(images: torch.Tensor) -> torch.Tensor:
-        return torch.cat(stage_features(model, images), dim=1)
-
-    extractor = FeatureExtractor(extract, f"advise:{backbone}:{tensor_digest(model)}")
+    frozen = FrozenPass(AllStages(model), f"advise:{backbone}")
+    extractor = FeatureExtractor(frozen, f"advise:{backbone}:{tensor_digest(model)}")
     store = Path(cache_dir) / "features" if cache_dir is not None else default_cache_dir()
     out = {}
     for name, split in splits.items():

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 
@@ -33,7 +34,9 @@ example:
   tlkit finetune --recipe auto --data path/to/images
   tlkit advise --data path/to/images --json
 
-options for every command: --debug (show tracebacks), --verbose (Lightning's own info lines)
+options for every command: --debug (show tracebacks), --verbose (Lightning's own info lines),
+  --runtime auto|torch|onnxruntime|openvino (frozen passes on the CPU; default auto, the
+  fastest installed; also TLKIT_RUNTIME)
 """
 
 
@@ -92,6 +95,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     set_verbose("--verbose" in args)
     args = [a for a in args if a not in GLOBAL_FLAGS]
     command = args[0] if args else ""
+    try:
+        args = _take_runtime(args)
+    except TlkitError as err:
+        print(f"tlkit: error: {as_flags(str(err), command)}", file=sys.stderr)
+        return err.exit_code
     if command == "predict" and any(a.startswith("--config") for a in args):
         command = "lightning-predict"  # the Lightning subcommand: --model.* / --data.* flags
     try:
@@ -104,3 +112,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("tlkit: interrupted", file=sys.stderr)
         return 130
+
+
+def _take_runtime(args: list[str]) -> list[str]:
+    """``args`` without ``--runtime NAME`` (or ``--runtime=NAME``), which becomes
+    ``TLKIT_RUNTIME`` for this process once checked."""
+    out, name, rest = [], None, iter(args)
+    for arg in rest:
+        if arg == "--runtime":
+            name = next(rest, "")
+        elif arg.startswith("--runtime="):
+            name = arg.split("=", 1)[1]
+        else:
+            out.append(arg)
+    if name is not None:
+        from tlkit.runtimes import selected_runtime
+
+        selected_runtime(name or "?")
+        os.environ["TLKIT_RUNTIME"] = name
+    return out

@@ -23,6 +23,7 @@ _OWN_FLAGS = {
     "image_size": "--image-size",
     "lr": "--lr",
     "max_epochs": "--epochs",
+    "runtime": "--runtime",
     "shots": "--shots",
     "weights": "--weights",
 }
