@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The GPU check: training and inference throughput of the fine-tuning path (strategy `full`, the
 # large recipes' strategy family) in fp32 / channels_last / bf16-mixed / both, at 224 px and at the
-# large recipes' 64 px, plus the feature cache's cold vs warm linear probe, on a CUDA device.
+# large recipes' 64 px, the feature cache's cold vs warm linear probe, and the frozen feature
+# pass (torch eager / channels_last / tlkit's frozen pass, which stays on torch there) on a CUDA
+# device.
 # About 3 minutes on one H200 after the install; the figures land in bench/results/ and, when $OUT
 # is set (the device tool), are copied there.
 #
@@ -28,6 +30,10 @@ cp results/precision.json results/gpu_precision_64.json
 "$PY" cache.py --epochs 10 --image-size 224 --repeats 2
 cp results/cache.md results/gpu_cache.md
 cp results/cache.json results/gpu_cache.json
+"$PY" runtimes.py --device cuda --rounds 3
+cp results/runtimes.md results/gpu_runtimes.md
+cp results/runtimes.json results/gpu_runtimes.json
+git checkout -- results/runtimes.md results/runtimes.json 2>/dev/null || true
 git checkout -- results/precision.md results/precision.json results/cache.md results/cache.json 2>/dev/null || true
 if [ -n "${OUT:-}" ]; then
   cp results/gpu_* "$OUT"/
