@@ -31,6 +31,7 @@ from tlkit.probe import (
     cv_rows,
     fit_probe,
     rescale_l2,
+    scales_for,
     stratified_folds,
 )
 
@@ -58,8 +59,8 @@ class ExactFit:
         val_acc: Accuracy on val of the probe fitted on train alone (``None`` without val).
         folds: Folds per repeat of the cross-validation.
         on_train: The probe fitted on train alone (``None`` without val): what ``val_acc`` scores.
-        options: Every class treatment scored on the folds (the chosen one among them), when
-            the classes are imbalanced.
+        options: Every class treatment and feature scaling scored on the folds (the chosen
+            one among them), when there was more than one.
         imbalance: Largest over smallest class count of the labelled images.
     """
 
@@ -81,17 +82,41 @@ class ExactFit:
             "l2": self.probe.l2,
             "labelled": self.labelled,
             "balance": self.probe.balance,
+            "scale": self.probe.scale,
             "expected_accuracy": expected_accuracy(
-                self.options or [chosen], chosen, self.labelled, tested, 1.0 / self.folds
+                self.options or [chosen],
+                chosen,
+                self.labelled,
+                tested,
+                1.0 / self.folds,
             ),
         }
-        if self.options:
+        if chosen.path.plain is not None:
             record["cv_metric"] = chosen.path.metric
             record["cv_plain_acc"] = round(float(chosen.path.plain_folds().mean()), 4)
-            record["balance_options"] = {
-                c.path.balance.name: round(c.mean, 4) for c in self.options
-            }
+        for kind, key in (("balance", lambda c: c.path.balance.name), ("scale", _scale)):
+            named: dict[str, float] = {}
+            for c in self.options:
+                named[key(c)] = max(named.get(key(c), 0.0), round(c.mean, 4))
+            if len(named) > 1:  # the best of each over the other choice
+                record[f"{kind}_options"] = named
         return record
+
+
+def _scale(candidate: Candidate) -> str:
+    return candidate.path.scale
+
+
+def _labelled(features: SplitFeatures, classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Train + val features (float64) and labels; every class must have an image."""
+    x = torch.cat([features["train"][0], features["val"][0]]).double()
+    y = torch.cat([features["train"][1], features["val"][1]])
+    missing = sorted(set(range(classes)) - set(y.tolist()))
+    if missing:
+        raise TlkitError(
+            f"class index {missing[0]} has no labelled image; every class needs at least 2"
+        )
+    return x, y
 
 
 def fit_exact(
@@ -100,6 +125,7 @@ def fit_exact(
     stages: tuple[int | None, ...],
     classes: int,
     seed: int = 42,
+    scales: tuple[str, ...] | None = None,
 ) -> ExactFit:
     """Choose the L2 strength on folds over train + val, refit on all, score val.
 
@@ -109,6 +135,8 @@ def fit_exact(
         stages: What the features are (``probe_stage``'s stages, ``None`` for the top).
         classes: Number of classes.
         seed: Seed of the folds (and of the subsample past :data:`~tlkit.probe.MAX_CV_IMAGES`).
+        scales: The feature scalings to choose among (:data:`~tlkit.probe.SCALES`), on the
+            same folds as the class treatments; default :func:`~tlkit.probe.scales_for`.
 
     Returns:
         The :class:`ExactFit`.
@@ -116,38 +144,33 @@ def fit_exact(
     Raises:
         TlkitError: If a class has no labelled image.
     """
-    x = torch.cat([features["train"][0], features["val"][0]]).double()
-    y = torch.cat([features["train"][1], features["val"][1]])
-    present = set(y.tolist())
-    missing = [c for c in range(classes) if c not in present]
-    if missing:
-        raise TlkitError(
-            f"class index {missing[0]} has no labelled image; every class needs at least 2"
-        )
+    x, y = _labelled(features, classes)
     rows = cv_rows(y.numpy(), seed)
     splits = stratified_folds(y.numpy()[rows], 5, cv_repeats(len(rows)), seed)
     balances, balanced_score = balances_for(y.numpy())
+    scales = scales or scales_for(len(stages))
     cv_x, cv_y = x[torch.as_tensor(rows)], y.numpy()[rows]
     options = tuple(
         Candidate(
             name,
             stages,
             int(x.shape[1]),
-            cv_path(cv_x, cv_y, splits, balance=b, balanced_score=balanced_score),
+            cv_path(cv_x, cv_y, splits, balance=b, balanced_score=balanced_score, scale=scale),
         )
+        for scale in scales
         for b in balances
     )
     candidate = max(options, key=lambda c: round(c.mean, 9))  # ties: the simpler treatment
-    balance = candidate.path.balance
-    probe = fit_probe(x, y, rescale_l2(candidate.l2, len(rows), len(y)), classes, balance)
+    balance, scale = candidate.path.balance, candidate.path.scale
+    probe = fit_probe(x, y, rescale_l2(candidate.l2, len(rows), len(y)), classes, balance, scale)
     val_acc = on_train = None
     train_x, train_y = features["train"]
     if len(features["val"][1]):
         strength = rescale_l2(candidate.l2, len(rows), len(train_y))
-        on_train = fit_probe(train_x, train_y, strength, classes, balance)
+        on_train = fit_probe(train_x, train_y, strength, classes, balance, scale)
         val_acc = on_train.accuracy(features["val"][0], features["val"][1])
     repeats = cv_repeats(len(rows))
-    scored = options if balanced_score else ()
+    scored = options if len(options) > 1 else ()
     folds = len(splits) // repeats
     return ExactFit(
         probe, candidate, len(y), val_acc, folds, on_train, scored, imbalance_ratio(y.numpy())

@@ -134,13 +134,13 @@ def probe_floor(
     classes = datamodule.num_classes
     x = torch.cat([split["train"][0], split["val"][0]])
     y = torch.cat([split["train"][1], split["val"][1]])
-    balance = balance_named(probe.get("balance", "none"))
-    fitted = fit_probe(x, y, rescale_l2(probe["l2"], measured, len(y)), classes, balance)
+    balance, scale = balance_named(probe.get("balance", "none")), probe.get("scale", "feature")
+    fitted = fit_probe(x, y, rescale_l2(probe["l2"], measured, len(y)), classes, balance, scale)
     val_acc = val_probs = on_train = None
     if len(split["val"][1]):
         train_x, train_y = split["train"]
         strength = rescale_l2(probe["l2"], measured, len(train_y))
-        on_train = fit_probe(train_x, train_y, strength, classes, balance)
+        on_train = fit_probe(train_x, train_y, strength, classes, balance, scale)
         val_acc = on_train.accuracy(*split["val"])
         with torch.no_grad():
             val_probs = on_train.logits(split["val"][0]).softmax(-1).float()
@@ -344,7 +344,7 @@ def start_head_from_probe(floor: ProbeFloor, model, datamodule) -> str | None:
     if model.strategy.bn == "eval":
         install_probe(model.head, floor.on_train)
         return f"the head starts from the exact probe on {name}, fitted on the training split"
-    install_probe(model.head, _recalibrated_probe(model, datamodule, floor.on_train.l2))
+    install_probe(model.head, _recalibrated_probe(model, datamodule, floor.on_train))
     return (
         f"the head starts from the exact probe on {name}, refitted on the training split with "
         "BatchNorm statistics re-estimated on it"
@@ -352,10 +352,11 @@ def start_head_from_probe(floor: ProbeFloor, model, datamodule) -> str | None:
 
 
 @torch.no_grad()
-def _recalibrated_probe(model, datamodule, l2: float) -> Probe:
+def _recalibrated_probe(model, datamodule, like: Probe) -> Probe:
     """Re-estimate the backbone's BatchNorm running statistics on the training images (under
     the evaluation transform; torch's ``update_bn``, a cumulative average), then fit the probe
-    on the features the network gives in eval mode. The global RNG is left as it was."""
+    on the features the network gives in eval mode, with ``like``'s L2 strength and scaling.
+    The global RNG is left as it was."""
     from torch.optim.swa_utils import update_bn
 
     from tlkit.head_refit import eval_features, eval_loader
@@ -367,7 +368,7 @@ def _recalibrated_probe(model, datamodule, l2: float) -> Probe:
         model.eval()
         features, labels = eval_features(model, eval_loader(datamodule, "train"))
     model.train(was_training)
-    return fit_probe(features, labels, l2, datamodule.num_classes)
+    return fit_probe(features, labels, like.l2, datamodule.num_classes, scale=like.scale)
 
 
 def _write_ensemble_checkpoint(floor: ProbeFloor, model, datamodule, path: Path, refit) -> None:

@@ -103,7 +103,9 @@ def refit_head(model, datamodule, seed: int = 42) -> RefittedHead | None:
         return None
     stage = model.strategy.feature_stage
     stages = stage if isinstance(stage, tuple) else (stage,)
-    fit = fit_exact(split, "fine-tuned features", stages, model.hparams.num_classes, seed)
+    # per-feature scaling, as the large cells measured
+    classes = model.hparams.num_classes
+    fit = fit_exact(split, "fine-tuned features", stages, classes, seed, ("feature",))
     assert fit.on_train is not None  # val is not empty
     with torch.no_grad():
         val_probs = fit.on_train.logits(split["val"][0]).softmax(-1).float()

@@ -89,8 +89,8 @@ def spatial_fit(datamodule, model, readout: dict[str, Any], seed: int):
     network = frozen_probe(settings, probe_spec(readout["stage"], readout["grid"]))
     network = network.eval().to(model.device)  # where the run's model is: the GPU, when it has one
     features = datamodule.split_features(network.frozen_feature_extractor(), model.device)
-    fit = fit_exact(features, readout["name"], feature_stages(readout["stage"]),
-                    datamodule.num_classes, seed)  # fmt: skip
+    stages = feature_stages(readout["stage"])  # per-feature scaling, as the large cells measured
+    fit = fit_exact(features, readout["name"], stages, datamodule.num_classes, seed, ("feature",))
     return fit, features
 
 

@@ -7,10 +7,12 @@ import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
 
+from tlkit.errors import TlkitError
 from tlkit.exact import fit_exact, install_probe
 from tlkit.heads import Head
 from tlkit.probe import (
     L2_GRID,
+    SCALES,
     cv_path,
     cv_rows,
     fit_logistic,
@@ -42,6 +44,34 @@ def test_logistic_fit_matches_scikit_learn(l2: float) -> None:
     assert torch.allclose(
         bias - bias.mean(), torch.as_tensor(oracle.intercept_ - oracle.intercept_.mean()), atol=1e-3
     )
+
+
+def test_global_scaling_is_scikit_learn_on_the_raw_features() -> None:
+    x, y = _blobs(30, 8, sep=2.0)
+    x = x * torch.logspace(-2, 1, 8, dtype=x.dtype)  # features of very different spread
+    l2 = 0.05
+    probe = fit_probe(x, y, l2, 3, scale="global")
+    assert torch.unique(probe.std).numel() == 1
+    rms = float(x.std(0, unbiased=False).square().mean().sqrt())
+    # one divisor s for every feature: the penalty on raw weights is s^2 times larger
+    oracle = LogisticRegression(C=1.0 / (l2 * len(y) * rms**2), tol=1e-10, max_iter=10_000)
+    theirs = torch.as_tensor(oracle.fit(x, y).decision_function(x))
+    ours = probe.logits(x)
+    assert torch.allclose(ours - ours.mean(1, keepdim=True), theirs - theirs.mean(1, keepdim=True),
+                          atol=1e-3)  # fmt: skip
+    per_feature = fit_probe(x, y, l2, 3)  # the same data, each feature to unit spread
+    assert not torch.allclose(per_feature.logits(x), ours, atol=1e-2)
+
+
+def test_concatenated_stages_keep_per_feature_scaling() -> None:
+    x, y = _blobs(16, 12, sep=3.0)
+    features = {"train": (x, y), "val": (x[:0], y[:0])}
+    assert fit_exact(features, "top+stage 3", (None, 3), 3).probe.scale == "feature"
+    one = fit_exact(features, "top", (None,), 3)
+    assert set(one.record(None)["scale_options"]) == set(SCALES)
+    assert fit_exact(features, "top", (None,), 3, scales=("global",)).probe.scale == "global"
+    with pytest.raises(TlkitError, match="unknown probe scale"):
+        fit_probe(x, y, 0.1, scale="minmax")
 
 
 def test_span_reduction_is_exact_when_features_outnumber_samples() -> None:
@@ -106,9 +136,11 @@ def test_the_exact_fit_uses_every_label_and_scores_val_on_a_train_only_fit() -> 
     features = {"train": (x[::2], y[::2]), "val": (x[1::2], y[1::2])}
     fit = fit_exact(features, "top", (None,), 3)
     assert fit.labelled == 48
-    refit = fit_probe(x, y, fit.probe.l2)
+    assert fit.probe.scale in SCALES  # one stage's features: chosen on the folds
+    refit = fit_probe(x, y, fit.probe.l2, scale=fit.probe.scale)
     assert torch.allclose(fit.probe.weight, refit.weight, atol=1e-5)
-    train_only = fit_probe(x[::2], y[::2], fit.probe.l2)
+    # the same balance of loss and penalty on half the rows: twice the strength
+    train_only = fit_probe(x[::2], y[::2], 2 * fit.probe.l2, scale=fit.probe.scale)
     assert fit.val_acc == train_only.accuracy(x[1::2], y[1::2])
     record = fit.record(tested=100)
     assert record["labelled"] == 48

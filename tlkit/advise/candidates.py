@@ -99,6 +99,7 @@ class Candidate:
             "deep": self.deep,
             "metric": self.path.metric,
             "balance": self.path.balance.name,
+            "scale": self.path.scale,
         }
 
 
@@ -149,6 +150,8 @@ def score_candidates(
     last = len(blocks) - 1
 
     def path(features: torch.Tensor) -> CVPath:
+        # per-feature scaling for every candidate: stages and joins compete on equal terms; the
+        # exact fit on the chosen features then picks its own scaling (tlkit.probe.scales_for)
         return cv_path(features, labels, splits, balance=balance, balanced_score=balanced_score)
 
     stages = [
