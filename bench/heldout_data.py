@@ -9,7 +9,9 @@ Draws are split in disjoint sets: :data:`TUNING_SEEDS`, the only ones any recipe
 tuned on, and the reported ones, never tuned on: :data:`FIRST_REPORT_SEEDS` (the first report,
 whose intervals came out too narrow, after which the interval was rebuilt on the tuning draws)
 and :data:`REPORT_SEEDS` (the report of the current code, drawn after that change); the
-other task shapes of bench/shapes.py are drawn with :data:`SHAPE_SEEDS`.
+other task shapes of bench/shapes.py are drawn with :data:`SHAPE_SEEDS`. :data:`FRESH_SEEDS`
+report the probe's feature scaling, chosen after the report draws of bench/probe_scale.py had
+been seen (bench/extended.py, bench/probe_scale.py).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from PIL import Image
 __all__ = [
     "FAMILIES",
     "FIRST_REPORT_SEEDS",
+    "FRESH_SEEDS",
     "LARGE_FAMILIES",
     "REPORT_SEEDS",
     "SHAPE_FAMILIES",
@@ -40,6 +43,8 @@ FIRST_REPORT_SEEDS = (1, 2, 3)
 REPORT_SEEDS = (4, 5, 6)
 #: Seeds of the draws of :data:`SHAPE_FAMILIES` (report only, never tuned on).
 SHAPE_SEEDS = (7, 8)
+#: Seeds of draws first used after the feature scaling was chosen (never seen before it).
+FRESH_SEEDS = (11, 12, 13)
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,11 @@ LogisticRegressionCV (5-fold, 10 strengths) on every labelled image (train/ and 
 test/. Prints one JSON line: test accuracy, balanced accuracy and seconds of work after the
 imports. ``--class-weight balanced`` is the one-line fix a user reaches for on imbalanced data.
 
+``--decode tlkit`` reads images as tlkit does (transparency composited on white) and
+``--no-scaler`` fits on the raw features.
+
 Run: python bench/sklearn_probe.py TASK_FOLDER --image-size 128 [--class-weight balanced]
+     [--decode tlkit] [--no-scaler]
 """
 
 from __future__ import annotations
@@ -29,8 +33,20 @@ from torchvision.datasets import ImageFolder
 from tlkit.backbones import create_backbone  # only for the offline ImageNet weights
 
 
-def features(model, folder: Path, transform, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    data = ImageFolder(str(folder), transform=transform)
+def _composited(path: str):
+    """tlkit's decoding (transparency composited on white, EXIF orientation), as a PIL image."""
+    from PIL import Image
+
+    from tlkit.data.images import load_image
+
+    return Image.fromarray(load_image(path))
+
+
+def features(
+    model, folder: Path, transform, classes: list[str], decode: str = "pil"
+) -> tuple[np.ndarray, np.ndarray]:
+    loader = {"loader": _composited} if decode == "tlkit" else {}
+    data = ImageFolder(str(folder), transform=transform, **loader)
     assert data.classes == classes, "every split must have the same classes"
     loader = torch.utils.data.DataLoader(data, batch_size=64)
     xs, ys = [], []
@@ -46,6 +62,13 @@ def main() -> None:
     parser.add_argument("task", type=Path)
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--class-weight", choices=["none", "balanced"], default="none")
+    parser.add_argument(
+        "--decode",
+        choices=["pil", "tlkit"],
+        default="pil",
+        help="pil: ImageFolder's convert('RGB'); tlkit: transparency composited",
+    )
+    parser.add_argument("--no-scaler", action="store_true", help="raw features, no StandardScaler")
     opts = parser.parse_args()
     start = time.perf_counter()
     model = create_backbone("tf_efficientnet_lite0", num_classes=0).eval()
@@ -53,18 +76,18 @@ def main() -> None:
     config["input_size"] = (3, opts.image_size, opts.image_size)
     transform = timm.data.create_transform(**config)
     classes = sorted(p.name for p in (opts.task / "train").iterdir())
-    parts = [features(model, opts.task / "train", transform, classes)]
+    parts = [features(model, opts.task / "train", transform, classes, opts.decode)]
     if (opts.task / "val").is_dir():
-        parts.append(features(model, opts.task / "val", transform, classes))
+        parts.append(features(model, opts.task / "val", transform, classes, opts.decode))
     x = np.concatenate([p[0] for p in parts])
     y = np.concatenate([p[1] for p in parts])
-    x_test, y_test = features(model, opts.task / "test", transform, classes)
+    x_test, y_test = features(model, opts.task / "test", transform, classes, opts.decode)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # convergence warnings at the weakest strengths
         weight = None if opts.class_weight == "none" else opts.class_weight
+        steps = [] if opts.no_scaler else [StandardScaler()]
         probe = make_pipeline(
-            StandardScaler(),
-            LogisticRegressionCV(Cs=10, cv=5, max_iter=1000, class_weight=weight),
+            *steps, LogisticRegressionCV(Cs=10, cv=5, max_iter=1000, class_weight=weight)
         )
         probe.fit(x, y)
     accuracy = float(probe.score(x_test, y_test))
