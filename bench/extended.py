@@ -18,7 +18,8 @@ contexts' test splits are unequal). Reported per family: mean ± std over draws,
 best peer's mean; per task: whether auto's predicted interval (made before testing) holds the
 test metric it predicts, and its width.
 
-Run: python bench/extended.py --draws fresh [--work /tmp/extended]
+Run: python bench/extended.py --draws final [--work /tmp/extended] [--contenders sklearn,...]
+(each contender's result is kept under WORK/results and reused by a later run).
 """
 
 from __future__ import annotations
@@ -43,32 +44,56 @@ PEERS = {
 }
 
 
-def run_task(family: str, task: Path, size: int | None, work: Path) -> dict:
-    """Every contender on one task."""
+def _contender(name: str, task: Path, work: Path, run) -> dict:
+    """One contender's result on ``task``: kept under ``work/results`` so that a rerun of the
+    benchmark (``--contenders auto`` after the peers) reuses what does not change."""
+    kept = work / "results" / task.name / f"{name}.json"
+    if kept.exists():
+        return json.loads(kept.read_text())
+    result = run()
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    kept.write_text(json.dumps(result))
+    return result
+
+
+def _peer(task: Path, sized: list[str], extra: list[str], scratch: Path) -> dict:
+    command = [sys.executable, str(HERE / "sklearn_probe.py"), str(task), *sized, *extra]
+    seconds, out = _run(command, scratch / "cache")
+    return {**json.loads(out.strip().splitlines()[-1]), "wall_seconds": seconds}
+
+
+def _auto(task: Path, sized: list[str], scratch: Path) -> dict:
+    out_dir = scratch / "auto"
+    command = [*TLKIT, "finetune", "--recipe", "auto", "--data", str(task), *sized,
+               "--out", str(out_dir)]  # fmt: skip
+    seconds, _ = _run(command, scratch / "auto-cache")
+    metrics = json.loads((out_dir / "metrics.json").read_text())
+    strategy = metrics.get("strategy") or {}
+    return {
+        "test_acc": metrics["test_acc"],
+        "balanced_acc": metrics["test_balanced_acc"],
+        "wall_seconds": seconds,
+        "recipe": metrics["recipe"],
+        "stage": (strategy.get("init_args") or strategy).get("stage"),
+        "scale": metrics.get("scale"),
+        "balance": metrics.get("balance"),
+        "expected_accuracy": metrics.get("expected_accuracy"),
+    }
+
+
+def run_task(family: str, task: Path, size: int | None, work: Path, only: set[str]) -> dict:
+    """Every contender in ``only`` on one task."""
     row: dict = {"family": family, "task": task.name}
     sized = [] if size is None else ["--image-size", str(size)]
     peers = PEERS if family in LONG_TAILS else {k: v for k, v in PEERS.items() if "bal" not in k}
-    with tempfile.TemporaryDirectory(dir=work) as scratch:
-        for name, extra in peers.items():
-            command = [sys.executable, str(HERE / "sklearn_probe.py"), str(task), *sized, *extra]
-            seconds, out = _run(command, Path(scratch) / f"{name}-cache")
-            row[name] = {**json.loads(out.strip().splitlines()[-1]), "wall_seconds": seconds}
-        out_dir = Path(scratch) / "auto"
-        command = [*TLKIT, "finetune", "--recipe", "auto", "--data", str(task), *sized,
-                   "--out", str(out_dir)]  # fmt: skip
-        seconds, _ = _run(command, Path(scratch) / "auto-cache")
-        metrics = json.loads((out_dir / "metrics.json").read_text())
-        strategy = metrics.get("strategy") or {}
-        row["auto"] = {
-            "test_acc": metrics["test_acc"],
-            "balanced_acc": metrics["test_balanced_acc"],
-            "wall_seconds": seconds,
-            "recipe": metrics["recipe"],
-            "stage": (strategy.get("init_args") or strategy).get("stage"),
-            "scale": metrics.get("scale"),
-            "balance": metrics.get("balance"),
-            "expected_accuracy": metrics.get("expected_accuracy"),
-        }
+    for name, extra in peers.items():
+        if name in only:
+            with tempfile.TemporaryDirectory(dir=work) as scratch:
+                run = lambda: _peer(task, sized, extra, Path(scratch))  # noqa: B023, E731
+                row[name] = _contender(name, task, work, run)
+    if "auto" in only:
+        with tempfile.TemporaryDirectory(dir=work) as scratch:
+            row["auto"] = _contender("auto", task, work, lambda: _auto(task, sized, Path(scratch)))
     return row
 
 
@@ -137,12 +162,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--draws", choices=list(SEEDS), default="fresh")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "extended")
+    parser.add_argument(
+        "--contenders",
+        default=",".join([*PEERS, "auto"]),
+        help="comma-separated; results already under WORK/results are reused",
+    )
     opts = parser.parse_args()
     opts.work.mkdir(parents=True, exist_ok=True)
+    only = set(opts.contenders.split(","))
     rows = []
     for family, task, size in _tasks(opts.work, SEEDS[opts.draws]):
-        rows.append(run_task(family, task, size, opts.work))
+        rows.append(run_task(family, task, size, opts.work, only))
         print(json.dumps(rows[-1]), flush=True)
+    if only != {*PEERS, "auto"}:
+        return
     write_draws("The extended held-out benchmark", opts.draws, summarise(rows, opts.draws),
                 {"rows": rows}, HERE / "findings" / "extended.md")  # fmt: skip
 

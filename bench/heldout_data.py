@@ -24,6 +24,7 @@ from PIL import Image
 
 __all__ = [
     "FAMILIES",
+    "FINAL_SEEDS",
     "FIRST_REPORT_SEEDS",
     "FRESH_SEEDS",
     "LARGE_FAMILIES",
@@ -45,6 +46,9 @@ REPORT_SEEDS = (4, 5, 6)
 SHAPE_SEEDS = (7, 8)
 #: Seeds of draws first used after the feature scaling was chosen (never seen before it).
 FRESH_SEEDS = (11, 12, 13)
+#: Seeds of draws first used after the run's interval took the exact fit's choices into account
+#: (never seen before that change).
+FINAL_SEEDS = (21, 22, 23)
 
 
 @dataclass(frozen=True)

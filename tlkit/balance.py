@@ -24,7 +24,9 @@ __all__ = [
     "BALANCES",
     "IMBALANCE_RATIO",
     "NO_BALANCE",
+    "TRAINING_BALANCE",
     "Balance",
+    "TrainingBalance",
     "advised_balance",
     "balance_named",
     "balanced_accuracy",
@@ -32,6 +34,7 @@ __all__ = [
     "class_weights",
     "imbalance_ratio",
     "log_prior",
+    "training_balance",
 ]
 
 #: From this ratio of the largest to the smallest class count the classes count as imbalanced:
@@ -124,3 +127,59 @@ def balanced_accuracy(predicted: torch.Tensor, labels: torch.Tensor) -> float:
     """Mean recall over the classes present in ``labels``."""
     recalls = [float((predicted[labels == c] == c).double().mean()) for c in torch.unique(labels)]
     return float(np.mean(recalls)) if recalls else 0.0
+
+
+#: What ``class_balance: auto`` trains with on imbalanced classes (measured in
+#: bench/balanced_loss.py).
+TRAINING_BALANCE = "logit-adjusted"
+
+
+@dataclass(frozen=True)
+class TrainingBalance:
+    """How an epoch-trained run's loss treats unequal classes.
+
+    Attributes:
+        balance: The treatment (``logit-adjusted``: the logit-adjusted loss of Menon et al.,
+            ICLR 2021, cross-entropy on ``logits + log prior``, so the raw logits predict as for
+            equal classes; the others weigh each image's loss ``count ** -power``).
+        weight: Per-class loss weights, or ``None``.
+        log_prior: Log training class frequencies added to the logits in the loss, or ``None``.
+        why: In words, for the run's log.
+    """
+
+    balance: Balance
+    weight: torch.Tensor | None = None
+    log_prior: torch.Tensor | None = None
+    why: str = ""
+
+
+def training_balance(name: str, labels: Sequence[int] | None, classes: int) -> TrainingBalance:
+    """The loss treatment ``name`` (``auto``: :data:`TRAINING_BALANCE` when the classes are
+    imbalanced, see :data:`IMBALANCE_RATIO`, else none) for training ``labels``.
+
+    Raises:
+        TlkitError: For an unknown name, or a treatment other than none without ``labels``.
+    """
+    if name not in ("auto", *(b.name for b in BALANCES)):
+        raise TlkitError(
+            f"unknown class_balance '{name}'; choose auto, " + ", ".join(b.name for b in BALANCES)
+        )
+    if labels is None:
+        if name not in ("auto", "none"):
+            raise TlkitError(
+                f"class_balance {name} needs the training labels: train with tlkit's "
+                "ImageFolderDataModule, or set class_balance none"
+            )
+        return TrainingBalance(NO_BALANCE, why="no training labels to count")
+    ratio = imbalance_ratio(labels)
+    if name == "auto":
+        name = TRAINING_BALANCE if ratio >= IMBALANCE_RATIO else "none"
+    balance = balance_named(name)
+    y = torch.as_tensor(list(labels), dtype=torch.long)
+    why = f"classes {ratio:.1f}x imbalanced: the loss is {balance.name}"
+    return TrainingBalance(
+        balance,
+        class_weights(y, classes, balance.power),
+        log_prior(y, classes) if balance.adjust else None,
+        why,
+    )

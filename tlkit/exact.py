@@ -19,9 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
-from tlkit.advise import Candidate, expected_accuracy
+from tlkit.advise import Candidate, expected_accuracy, feature_stages
 from tlkit.balance import balances_for, imbalance_ratio
 from tlkit.errors import TlkitError
 from tlkit.probe import (
@@ -62,6 +63,7 @@ class ExactFit:
         options: Every class treatment and feature scaling scored on the folds (the chosen
             one among them), when there was more than one.
         imbalance: Largest over smallest class count of the labelled images.
+        counts: Labelled images per class the folds were drawn from.
     """
 
     probe: Probe
@@ -72,6 +74,7 @@ class ExactFit:
     on_train: Probe | None = None
     options: tuple[Candidate, ...] = ()
     imbalance: float = 1.0
+    counts: tuple[int, ...] = ()
 
     def record(self, tested: int | None) -> dict[str, Any]:
         """Plain data for metrics.json."""
@@ -89,6 +92,7 @@ class ExactFit:
                 self.labelled,
                 tested,
                 1.0 / self.folds,
+                self.counts,
             ),
         }
         if chosen.path.plain is not None:
@@ -101,6 +105,41 @@ class ExactFit:
             if len(named) > 1:  # the best of each over the other choice
                 record[f"{kind}_options"] = named
         return record
+
+    def expected_after(self, advised: dict[str, Any], probe: dict[str, Any], tested: int | None):
+        """advise's expected accuracy of these features carried over to this fit.
+
+        advise scores its candidates with one class treatment and per-feature scaling
+        (``probe``: its chosen candidate's record) and corrects for its choice among them; this
+        fit then chose among treatments and scalings on the same folds. The estimate moves by
+        what that choice gained there over advise's setting, less its own selection bias
+        (:func:`~tlkit.advise.expected_accuracy` over the options); the interval keeps the
+        wider of the two half-widths.
+        """
+        options = self.options or (self.candidate,)
+        own = expected_accuracy(
+            options, self.candidate, self.labelled, tested, 1.0 / self.folds, self.counts
+        )
+        scale, balance = probe.get("scale", "feature"), probe.get("balance", "none")
+        base = [c for c in self.options if (_scale(c), c.path.balance.name) == (scale, balance)]
+        same = feature_stages(probe.get("stage")) == self.candidate.stages
+        if not same or not base or own["metric"] != advised.get("metric", own["metric"]):
+            return advised
+        shift = self.candidate.mean - base[0].mean - own["bias"]
+        estimate = min(max(advised["estimate"] + shift, 0.0), 1.0)
+        half = max(_half(advised), _half(own))
+        return {
+            "estimate": round(estimate, 4),
+            "low": round(max(estimate - half, 0.0), 4),
+            "high": round(min(estimate + half, 1.0), 4),
+            "bias": round(advised["bias"] - shift, 4),
+            "metric": own["metric"],
+        }
+
+
+def _half(expected: dict[str, float]) -> float:
+    """Half-width of an interval (the side not cut at 0 or 1)."""
+    return max(expected["high"] - expected["estimate"], expected["estimate"] - expected["low"])
 
 
 def _scale(candidate: Candidate) -> str:
@@ -172,9 +211,9 @@ def fit_exact(
     repeats = cv_repeats(len(rows))
     scored = options if len(options) > 1 else ()
     folds = len(splits) // repeats
-    return ExactFit(
-        probe, candidate, len(y), val_acc, folds, on_train, scored, imbalance_ratio(y.numpy())
-    )
+    counts = tuple(np.bincount(cv_y, minlength=classes).tolist())
+    ratio = imbalance_ratio(y.numpy())
+    return ExactFit(probe, candidate, len(y), val_acc, folds, on_train, scored, ratio, counts)
 
 
 @torch.no_grad()
@@ -296,7 +335,10 @@ def finetune_exact(model, datamodule, run: ExactRun) -> dict[str, Any]:
     metrics["val_acc"] = fit.val_acc
     metrics.update(fit.record(len(test_y)))
     if run.decision is not None:  # advise's estimate also removes the bias of its choice
-        metrics["expected_accuracy"] = run.decision["expected_accuracy"]
+        advised = run.decision["expected_accuracy"]
+        metrics["expected_accuracy"] = fit.expected_after(
+            advised, run.decision["probe"], len(test_y)
+        )
     best = run.run_dir / "checkpoints" / "best.ckpt"
     metrics.update(
         epochs=0,

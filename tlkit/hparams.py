@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from tlkit.balance import BALANCES
 from tlkit.errors import TlkitError, check_number, check_type, unknown_name
 from tlkit.optim import OPTIMIZERS
 from tlkit.schedules import SCHEDULES
@@ -87,6 +88,10 @@ def _check_training(given: dict[str, Any]) -> None:
 
 
 def _check_labels(given: dict[str, Any]) -> None:
+    balance = given.get("class_balance", "none")
+    choices = ("auto", *(b.name for b in BALANCES))
+    if balance not in choices:
+        raise TlkitError(f"class_balance must be one of {', '.join(choices)}, got {balance!r}")
     names = given["class_names"]
     if names is not None and not (
         isinstance(names, (list, tuple)) and all(isinstance(n, str) for n in names)

@@ -17,6 +17,7 @@ from torchmetrics.classification import (
 )
 
 from tlkit.backbones import DEFAULT_BACKBONE, create_backbone, weights_source
+from tlkit.balance import NO_BALANCE, TrainingBalance, training_balance
 from tlkit.batchnorm import apply_bn_policy
 from tlkit.cached_features import CachedFeatures
 from tlkit.checkpointing import self_contained
@@ -78,6 +79,11 @@ class TransferModule(L.LightningModule):
         head_hidden: Width of an optional hidden layer in the head (0: linear head).
         dropout: Dropout before the head's linear layer(s).
         label_smoothing: Cross-entropy label smoothing.
+        class_balance: How the training loss treats unequal classes: ``none``, ``sqrt`` or
+            ``balanced`` class weights, ``logit-adjusted`` (the logit-adjusted loss of Menon et
+            al., ICLR 2021) or ``auto`` (:data:`~tlkit.balance.TRAINING_BALANCE` when the
+            training classes are imbalanced, else none). The counts come from the
+            datamodule's training split.
         drop_path_rate: Stochastic depth of the backbone (timm ``drop_path_rate``).
         output_stride: Dilate the backbone's later stages so its feature maps are 1/8 or 1/16 of
             the input, not 1/32 (timm ``output_stride``): more detail from small images, at a cost.
@@ -109,6 +115,8 @@ class TransferModule(L.LightningModule):
     #: The frozen pass (built at first use) and whether :meth:`encode` goes through it now.
     _pass: FrozenPass | None = None
     _frozen: FrozenPass | None = None
+    #: How the loss treats unequal classes (resolved from the training labels at fit start).
+    class_balance: TrainingBalance = TrainingBalance(NO_BALANCE)
 
     def __init__(
         self,
@@ -122,6 +130,7 @@ class TransferModule(L.LightningModule):
         head_hidden: int = 0,
         dropout: float = 0.0,
         label_smoothing: float = 0.0,
+        class_balance: str = "auto",
         drop_path_rate: float | None = None,
         output_stride: int | None = None,
         optimizer: str = "adamw",
@@ -228,6 +237,11 @@ class TransferModule(L.LightningModule):
                 "solver exact is solved by `tlkit finetune` (no epochs); to train this config "
                 "epoch by epoch here, pass `solver=epochs`"
             )
+        datamodule = getattr(self.trainer, "datamodule", None)
+        split = datamodule.check_images()["train"] if hasattr(datamodule, "check_images") else None
+        labels = None if split is None else split.labels
+        name = self.hparams.get("class_balance", "none")  # checkpoints from before it: none
+        self.class_balance = training_balance(name, labels, self.hparams.num_classes)
 
     def on_train_start(self) -> None:
         self._fit_standardizer()
@@ -324,7 +338,13 @@ class TransferModule(L.LightningModule):
 
     # --- steps -------------------------------------------------------------------------
     def _loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits, targets, label_smoothing=self.hparams.label_smoothing)
+        treated = self.class_balance
+        weight = None if treated.weight is None else treated.weight.to(logits)
+        if treated.log_prior is not None:
+            logits = logits + treated.log_prior.to(logits)
+        return F.cross_entropy(
+            logits, targets, weight=weight, label_smoothing=self.hparams.label_smoothing
+        )
 
     def prior_penalty(self) -> torch.Tensor:
         """L2-SP: ``strength/2 * ||w - w_pretrained||^2`` over the training backbone weights."""

@@ -116,6 +116,48 @@ def test_expected_accuracy_removes_the_bias_of_choosing() -> None:
     assert wider["high"] - wider["low"] > alone["high"] - alone["low"]
 
 
+def test_a_clear_winner_keeps_its_estimate_where_each_folds_luck_would_cut_it() -> None:
+    # One configuration 15 points above nine others, folds of a few images (noise 0.1): the
+    # choice is never in doubt, so choosing costs nothing; the per-fold estimate still counts
+    # every fold where a weaker one got lucky as optimism.
+    from tlkit.advise import candidates as module
+
+    rng = np.random.default_rng(0)
+    skill = np.array([0.75] + [0.6] * 9)[:, None]
+    rows = np.clip(skill + 0.1 * rng.standard_normal((10, 15)), 0, 1)
+    cands = [Candidate(f"c{i}", (i,), 8, CVPath((1.0,), rows[i : i + 1], np.zeros((1, 15))))
+             for i in range(10)]  # fmt: skip
+    chosen = max(cands, key=lambda c: c.mean)
+    assert chosen.name == "c0"
+    boot = expected_accuracy(cands, chosen, labelled=60)
+    assert boot["bias"] < 0.01
+    module.SELECTION_BIAS = "per-fold"
+    try:
+        per_fold = expected_accuracy(cands, chosen, labelled=60)
+    finally:
+        module.SELECTION_BIAS = "bootstrap"
+    assert per_fold["bias"] > 0.03
+
+
+def test_a_balanced_accuracy_interval_widens_with_the_classes_of_few_images() -> None:
+    # Equal folds: the binomial term alone sets the width. For a balanced accuracy it is the
+    # variance of a mean of C recalls on n_c images each, from their Jeffreys posteriors.
+    from scipy.stats import beta
+
+    path = CVPath((1.0,), np.full((1, 15), 0.9), np.zeros((1, 15)), metric="balanced_accuracy")
+    chosen = Candidate("top", (None,), 8, path)
+    counts = [200, 80, 30, 12, 6, 3]
+    tail = expected_accuracy([chosen], chosen, labelled=sum(counts), counts=counts)
+    even = expected_accuracy([chosen], chosen, labelled=sum(counts), counts=[55] * 6)
+    plain = expected_accuracy([chosen], chosen, labelled=sum(counts))
+    oracle = sum(beta(0.9 * n + 0.5, 0.1 * n + 0.5).var() for n in counts) / 36
+    half = 1.645 * oracle**0.5
+    assert tail["high"] - tail["estimate"] == pytest.approx(half, abs=2e-4)
+    assert tail["high"] - tail["low"] > 2 * (even["high"] - even["low"])
+    # equal classes: the plain binomial variance of every labelled image, near enough
+    assert even["high"] - even["low"] == pytest.approx(plain["high"] - plain["low"], rel=0.05)
+
+
 def test_decide_needs_a_candidate() -> None:
     with pytest.raises(TlkitError):
         decide([], 20, 10)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -256,6 +258,55 @@ def test_label_smoothing_changes_the_loss():
         expected = F.cross_entropy(logits, labels, label_smoothing=smoothing).item()
         assert losses[smoothing] == pytest.approx(expected, rel=1e-4)
     assert abs(losses[0.0] - losses[0.3]) > 1e-3
+
+
+def _long_tailed(make_shapes, cache: Path):
+    """A shapes folder of 12 circles, 12 squares and 3 triangles, as a datamodule."""
+    from tlkit.data import TransferDataModule
+
+    folder = make_shapes(per_class=12)
+    for extra in sorted((folder / "triangle").glob("*.png"))[3:]:
+        extra.unlink()
+    return TransferDataModule(str(folder), image_size=32, augment="none", cache_dir=str(cache))
+
+
+@pytest.mark.parametrize("treatment", ["auto", "balanced", "none"])
+def test_the_loss_treats_long_tailed_classes_as_asked(make_shapes, tmp_path, treatment):
+    from sklearn.utils.class_weight import compute_class_weight
+
+    data = _long_tailed(make_shapes, tmp_path)
+    module = model(class_balance=treatment)
+    trainer = L.Trainer(
+        accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False,
+    )  # fmt: skip
+    trainer.fit(module, datamodule=data)
+    labels = torch.as_tensor(data.check_images()["train"].labels)
+    used = module.class_balance
+    logits = torch.randn(len(labels), 3, dtype=torch.float64)
+    counts = torch.bincount(labels, minlength=3).double()
+    if treatment == "auto":  # 12 against 3 (or fewer, once val is held out): imbalanced
+        assert used.balance.name == "logit-adjusted" and used.weight is None
+        assert torch.allclose(used.log_prior.exp(), counts / counts.sum())
+        expected = F.cross_entropy(logits + (counts / counts.sum()).log(), labels)
+    elif treatment == "balanced":  # scikit-learn's class_weight="balanced" as the oracle
+        oracle = compute_class_weight("balanced", classes=np.arange(3), y=labels.numpy())
+        assert used.weight.numpy() == pytest.approx(oracle)
+        expected = F.cross_entropy(logits, labels, weight=torch.as_tensor(oracle))
+    else:
+        assert used.weight is None and used.log_prior is None
+        expected = F.cross_entropy(logits, labels)
+    assert module._loss(logits, labels).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_auto_leaves_the_loss_alone_on_equal_classes_and_refuses_unknown_treatments(make_shapes):
+    from tlkit.balance import training_balance
+
+    assert training_balance("auto", [0, 0, 1, 1, 2, 2], 3).balance.name == "none"
+    with pytest.raises(TlkitError, match="class_balance must be one of"):
+        model(class_balance="reweighted")
+    with pytest.raises(TlkitError, match="needs the training labels"):
+        training_balance("balanced", None, 3)
 
 
 def test_head_hidden_layer_and_dropout():

@@ -194,16 +194,22 @@ def expected_accuracy(
     labelled: int,
     tested: int | None = None,
     test_fraction: float = 0.2,
+    counts: Sequence[int] | None = None,
 ) -> dict[str, float]:
     """Expected accuracy of ``chosen`` refitted on every labelled image, with an interval.
 
-    The cross-validated accuracy of the best of many configurations is optimistic: the bias is
-    estimated as the mean, over folds, of how much the best configuration on each fold beat the
-    chosen one there (Tibshirani & Tibshirani 2009). The variance of a k-fold mean is larger than
-    the binomial variance of ``labelled`` images, since the folds' training sets overlap: it is
+    The cross-validated accuracy of the best of many configurations (every candidate at every
+    L2 strength) is optimistic: the bias is estimated by :func:`_selection_bias`. The variance
+    of a k-fold mean is larger than the binomial variance of ``labelled`` images, since the
+    folds' training sets overlap: it is
     the corrected resampled variance of Nadeau & Bengio (2003), ``(1/J + n_test/n_train)`` times
     the variance of the ``J`` fold accuracies, or the binomial one when that is larger; a test set
-    of ``tested`` images adds its own binomial variance.
+    of ``tested`` images adds its own binomial variance. Binomial variances are those of the
+    Jeffreys posterior of the accuracy (never 0, even at 100 %). A balanced accuracy is a mean of
+    per-class recalls, each measured on that class's images alone: its binomial variance is
+    ``sum_c var_c / C**2`` over the ``C`` classes, ``var_c`` the variance of the Jeffreys
+    posterior of a recall near the estimate measured on ``counts[c]`` images, so that classes of
+    a few images widen the interval as they should.
 
     Args:
         candidates: Every candidate the choice was made among (on the same folds).
@@ -211,6 +217,7 @@ def expected_accuracy(
         labelled: Labelled images the folds were drawn from.
         tested: Size of the test set the accuracy will be measured on, if known.
         test_fraction: Share of the samples in each held-out fold (``1/k``).
+        counts: Labelled images per class (for a balanced accuracy's binomial variance).
 
     Returns:
         ``estimate``, ``low``, ``high`` (a 90 % interval) and ``bias``, as fractions, and
@@ -218,11 +225,13 @@ def expected_accuracy(
         equal classes) when the candidates were scored on it.
     """
     rows = np.concatenate([c.path.accuracy for c in candidates], axis=0)
-    bias = float((rows.max(axis=0) - chosen.folds).mean())
+    bias = _selection_bias(rows, chosen.folds)
     estimate = min(max(chosen.mean - bias, 0.0), 1.0)
-    spread = estimate * (1.0 - estimate)
     corrected = _corrected_variance(chosen.folds, test_fraction)
-    variance = max(corrected, spread / max(labelled, 1)) + (spread / tested if tested else 0.0)
+    balanced = chosen.path.metric == "balanced_accuracy" and counts
+    binomial = _recall_variance(estimate, counts if balanced else [max(labelled, 1)])
+    tests = _recall_variance(estimate, [tested]) if tested else 0.0
+    variance = max(corrected, binomial) + tests
     half = INTERVAL_Z * math.sqrt(variance)
     return {
         "estimate": round(estimate, 4),
@@ -231,6 +240,51 @@ def expected_accuracy(
         "bias": round(bias, 4),
         "metric": chosen.path.metric,
     }
+
+
+#: How the optimism of choosing the best of many configurations on the same folds is estimated:
+#: ``bootstrap`` (over the folds, :func:`_selection_bias`) or ``per-fold`` (Tibshirani &
+#: Tibshirani 2009). bench/interval.py compares them.
+SELECTION_BIAS = "bootstrap"
+#: Bootstrap resamples of the folds for :func:`_selection_bias`.
+BOOTSTRAP_DRAWS = 1000
+
+
+def _selection_bias(rows: np.ndarray, chosen: np.ndarray) -> float:
+    """How much the chosen configuration's cross-validated mean overstates what choosing the
+    best of ``rows`` (``(configurations, folds)`` held-out scores) delivers.
+
+    ``bootstrap``: the folds are resampled with replacement; the configuration with the best
+    mean on the resampled folds is scored on the folds left out, and the bias is the chosen
+    mean less the average of those scores (bootstrap bias-corrected cross-validation,
+    Tsamardinos et al. 2018, resampling folds instead of images). ``per-fold``: the mean over
+    folds of how much each fold's best beat the chosen configuration there, which counts
+    every fold's luck among many configurations on a few images as optimism.
+    """
+    if rows.shape[0] < 2:
+        return 0.0
+    if SELECTION_BIAS == "per-fold" or rows.shape[1] < 3:
+        return float((rows.max(axis=0) - chosen).mean())
+    folds = rows.shape[1]
+    picks = np.random.default_rng(0).integers(0, folds, size=(BOOTSTRAP_DRAWS, folds))
+    inbag = np.zeros((BOOTSTRAP_DRAWS, folds))
+    np.add.at(inbag, (np.arange(BOOTSTRAP_DRAWS)[:, None], picks), 1.0)
+    out = inbag == 0
+    keep = out.any(axis=1)
+    best = np.argmax((inbag @ rows.T).round(9), axis=1)  # the first of equals, as the choice
+    scored = (rows[best] * out).sum(axis=1)[keep] / out.sum(axis=1)[keep]
+    return max(float(chosen.mean() - scored.mean()), 0.0)
+
+
+def _recall_variance(recall: float, counts: Sequence[int]) -> float:
+    """Variance of a mean of per-class recalls near ``recall``, each on ``counts[c]`` images
+    (the Jeffreys posterior ``Beta(k + 1/2, n - k + 1/2)`` of ``k = recall * n`` hits)."""
+    total = 0.0
+    present = [n for n in counts if n > 0]
+    for n in present:
+        a, b = recall * n + 0.5, (1.0 - recall) * n + 0.5
+        total += a * b / ((a + b) ** 2 * (a + b + 1.0))
+    return total / max(len(present), 1) ** 2
 
 
 def _size(samples_per_class: float, total: int, held_out_val: int) -> tuple[str, str]:

@@ -204,7 +204,7 @@ def _decided(
     verdict = decide(candidates, counts.median, num_classes, len(decodable["train"]), 1.0 / k,
                      held_out_val)  # fmt: skip
     tested = len(decodable["test"]) if with_test else None
-    expected = expected_accuracy(candidates, verdict["probe"], labelled, tested, 1.0 / k)
+    expected = expected_accuracy(candidates, verdict["probe"], labelled, tested, 1.0 / k, cv.counts)
     report = _report(verdict, candidates, expected, counts.median, num_classes)
     if cv.balanced_score:
         report["evidence"]["reason"] += (
@@ -255,6 +255,7 @@ class _CrossValidation:
     repeats: int | None
     seed: int
     balanced_score: bool = False
+    counts: list[int] | None = None  # labelled images per class the folds were drawn from
 
     def score(self, features: StageFeatures) -> tuple[list[Candidate], int, int]:
         """Score every candidate; returns them, the images measured and the folds per repeat."""
@@ -266,6 +267,7 @@ class _CrossValidation:
         splits = stratified_folds(labels[rows], self.folds, self.repeats, self.seed)
         blocks = list(torch.split(labelled[rows].double(), features.widths, dim=1))
         self.balanced_score = balances_for(labels)[1]
+        self.counts = np.bincount(labels[rows]).tolist()
         balance = advised_balance(self.balanced_score)
         candidates = score_candidates(
             blocks, labels[rows], features.names, splits, balance, self.balanced_score

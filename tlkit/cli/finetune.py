@@ -315,6 +315,7 @@ def _metrics_record(
         backbone=model.hparams.backbone,
         weights=model.weights_source,
         strategy=model.strategy.describe(),
+        class_balance=model.class_balance.balance.name,
         plan=model.plan(int(trainer.max_epochs or trainer.current_epoch or 1)),
         best_checkpoint=str(best) if best else None,
         **datamodule.describe(),
