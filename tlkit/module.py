@@ -115,6 +115,8 @@ class TransferModule(L.LightningModule):
     #: The frozen pass (built at first use) and whether :meth:`encode` goes through it now.
     _pass: FrozenPass | None = None
     _frozen: FrozenPass | None = None
+    #: Confusion matrix (rows true, columns predicted) of the last test run.
+    last_test_confusion: torch.Tensor | None = None
     #: How the loss treats unequal classes (resolved from the training labels at fit start).
     class_balance: TrainingBalance = TrainingBalance(NO_BALANCE)
 
@@ -174,8 +176,6 @@ class TransferModule(L.LightningModule):
         self.val_metrics = _metrics(num_classes, "val_")
         self.test_metrics = _metrics(num_classes, "test_")
         self.test_confusion = MulticlassConfusionMatrix(num_classes)
-        #: Confusion matrix (rows true, columns predicted) of the last test run.
-        self.last_test_confusion: torch.Tensor | None = None
         anchored = self.strategy.prior == "pretrained"
         self.anchor = PretrainedAnchor(self.backbone if anchored else None)
         self._apply_plan(0)
