@@ -1,4 +1,8 @@
-"""Assemble bench/RESULTS.md from the sections the benchmarks wrote to bench/results/."""
+"""Assemble bench/RESULTS.md from the sections the benchmarks wrote to bench/results/.
+
+The headline sections (:data:`HEADLINES`) are given up to their first table and the text after
+it; every other section is indexed by its title. Each links to its full text in results/.
+"""
 
 from __future__ import annotations
 
@@ -11,14 +15,17 @@ ORDER = [
     "heldout-report",
     "heldout-report-first",
     "imbalance",
+    "extended-final",
     "extended-fresh",
     "domains-report",
     "domains-tuning",
     "probe-scale-fresh",
     "probe-scale-report",
     "probe-scale-tuning",
-    "interval-report",
     "interval-tuning",
+    "interval-report",
+    "balanced-loss-report",
+    "balanced-loss-tuning",
     "large-report",
     "large-report-pooled-floor",
     "large-report-trained-head",
@@ -55,6 +62,39 @@ ORDER = [
     "gpu",
 ]
 
+#: The sections RESULTS.md shows: the current figures of what ships.
+HEADLINES = [
+    "extended-final",
+    "interval-tuning",
+    "balanced-loss-report",
+    "heldout-report",
+    "large-report",
+    "wall",
+    "runtimes",
+]
+
+
+def _title(text: str, stem: str) -> str:
+    first = next((line for line in text.splitlines() if line.startswith("## ")), f"## {stem}")
+    return first[3:].strip()
+
+
+def _headline(text: str, stem: str) -> str:
+    """The section up to the end of its first table and the paragraph after it."""
+    out: list[str] = []
+    tables, in_table = 0, False
+    for line in text.strip().splitlines():
+        row = line.startswith("|")
+        if row and not in_table:
+            tables += 1
+            if tables == 2:
+                break
+        in_table = row
+        out.append(line)
+    while out and not out[-1].strip():
+        out.pop()
+    return "\n".join([*out, "", f"All of it: [results/{stem}.md](results/{stem}.md).", ""])
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
@@ -80,8 +120,15 @@ def main() -> None:
     ]
     if opts.note:
         head += [f"**Conditions:** {opts.note}", ""]
-    body = [p.read_text().strip() + "\n" for p in sections]
-    (RESULTS.parent / "RESULTS.md").write_text("\n".join(head) + "\n" + "\n".join(body))
+    texts = {p.stem: p.read_text() for p in sections}
+    body = [_headline(texts[stem], stem) for stem in HEADLINES if stem in texts]
+    body += ["## Every other section", ""]
+    body += [
+        f"- {_title(text, stem)}: [results/{stem}.md](results/{stem}.md)"
+        for stem, text in texts.items()
+        if stem not in HEADLINES
+    ]
+    (RESULTS.parent / "RESULTS.md").write_text("\n".join(head) + "\n" + "\n".join(body) + "\n")
     print(f"wrote {RESULTS.parent / 'RESULTS.md'} from {len(sections)} sections")
 
 

@@ -106,7 +106,9 @@ class ExactFit:
                 record[f"{kind}_options"] = named
         return record
 
-    def expected_after(self, advised: dict[str, Any], probe: dict[str, Any], tested: int | None):
+    def expected_after(
+        self, advised: dict[str, Any], probe: dict[str, Any], tested: int | None
+    ) -> dict[str, Any]:
         """advise's expected accuracy of these features carried over to this fit.
 
         advise scores its candidates with one class treatment and per-feature scaling

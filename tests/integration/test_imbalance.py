@@ -36,6 +36,7 @@ def test_a_100_to_3_folder_runs_end_to_end_and_says_it_is_imbalanced(tmp_path, c
     assert advice["expected_accuracy"]["metric"] == "balanced_accuracy"
     assert advice["probe"]["metric"] == "balanced_accuracy"
     assert metrics["recipe"].startswith("large-")
+    assert metrics["class_balance"] == "logit-adjusted"  # the fine-tuning's loss, by default
     assert metrics["probe"]["balance"] == advice["probe"]["balance"] == "balanced"
     assert metrics["imbalance_ratio"] == pytest.approx(100 / 3, rel=1e-3)
     assert "the classes are imbalanced (3 to 100 training images" in out

@@ -239,3 +239,24 @@ def test_the_plan_names_what_to_run() -> None:
     assert large.probe_first
     similar = plan_from({**report, "cell": "large-similar", "recipe": "large-similar"})
     assert similar.stage is None  # the whole network: its strategy reads no stage
+
+
+def test_the_run_carries_advises_estimate_to_the_scaling_its_fit_chose() -> None:
+    from tlkit.exact import ExactFit
+
+    def option(scale: str, level: float) -> Candidate:
+        folds = np.full((1, 15), level) + 0.01 * np.sin(np.arange(15))
+        return Candidate("top", (None,), 8, CVPath((1.0,), folds, np.zeros((1, 15)), scale=scale))
+
+    feature, wider = option("feature", 0.70), option("global", 0.75)
+    fit = ExactFit(None, wider, 200, None, 5, None, (feature, wider))
+    advised = {"estimate": 0.68, "low": 0.62, "high": 0.74, "bias": 0.02, "metric": "accuracy"}
+    probe = {"stage": None, "scale": "feature", "balance": "none"}
+    carried = fit.expected_after(advised, probe, tested=500)
+    own = expected_accuracy([feature, wider], wider, 200, 500, 0.2)
+    # moved by the 5 points the global scaling won on the same folds, less that choice's bias
+    assert carried["estimate"] == pytest.approx(0.68 + 0.05 - own["bias"], abs=2e-3)
+    assert carried["high"] - carried["low"] >= 0.12 - 1e-9  # never narrower than advise's
+    # another stage than advise's: nothing to carry over
+    other = fit.expected_after(advised, {**probe, "stage": 3}, tested=500)
+    assert other == advised
