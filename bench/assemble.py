@@ -1,7 +1,8 @@
 """Assemble bench/RESULTS.md from the sections the benchmarks wrote to bench/results/.
 
-The headline sections (:data:`HEADLINES`) are given up to their first table and the text after
-it; every other section is indexed by its title. Each links to its full text in results/.
+The headline sections (:data:`HEADLINES`) are given with their text and first table (the
+per-task tables stay in results/); every other section is indexed by its title. Each links
+to its full text in results/.
 """
 
 from __future__ import annotations
@@ -70,7 +71,6 @@ HEADLINES = [
     "heldout-report",
     "large-report",
     "wall",
-    "runtimes",
 ]
 
 
@@ -80,17 +80,16 @@ def _title(text: str, stem: str) -> str:
 
 
 def _headline(text: str, stem: str) -> str:
-    """The section up to the end of its first table and the paragraph after it."""
+    """The section's text and its first table (later tables, per task, stay in results/)."""
     out: list[str] = []
     tables, in_table = 0, False
     for line in text.strip().splitlines():
         row = line.startswith("|")
         if row and not in_table:
             tables += 1
-            if tables == 2:
-                break
         in_table = row
-        out.append(line)
+        if not (row and tables > 1) and not (not line.strip() and out and not out[-1].strip()):
+            out.append(line)
     while out and not out[-1].strip():
         out.pop()
     return "\n".join([*out, "", f"All of it: [results/{stem}.md](results/{stem}.md).", ""])
