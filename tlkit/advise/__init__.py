@@ -17,8 +17,8 @@ One measurement serves advice and training alike:
 * **similarity** follows: the data resembles the pretraining data when the top features alone
   are chosen; otherwise an earlier stage carries what the classes need;
 * **the expected accuracy** of the chosen probe with an interval: the cross-validated accuracy
-  less the selection bias of picking the best of many configurations (Tibshirani & Tibshirani
-  2009), +- 1.645 standard errors (of the k-fold mean, corrected for overlapping folds, and of
+  less the selection bias of picking the best of many configurations (a bootstrap over the
+  folds), +- 1.645 standard errors (of the k-fold mean, corrected for overlapping folds, and of
   the test set).
 
 The features are returned with the report, so ``--recipe auto`` fits the winner from them with

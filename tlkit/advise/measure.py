@@ -318,8 +318,9 @@ def _report(
                 "joined with the best deep stage; repeated stratified k-fold accuracy over every "
                 "labelled image; shallower stages must win by twice the corrected resampled "
                 "standard error (Nadeau & Bengio 2003); expected accuracy less the selection "
-                "bias (Tibshirani & Tibshirani 2009), 90 % interval from the corrected variance "
-                "of the folds and the test set's binomial variance"
+                "bias (a bootstrap over the folds), 90 % interval from the corrected variance "
+                "of the folds, the labelled images' (per class for balanced accuracy) and the "
+                "test set's binomial variance"
             ),
         },
     }
