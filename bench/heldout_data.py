@@ -28,7 +28,6 @@ __all__ = [
     "FIRST_REPORT_SEEDS",
     "FRESH_SEEDS",
     "LARGE_FAMILIES",
-    "NEXT_SEEDS",
     "REPORT_SEEDS",
     "SHAPE_FAMILIES",
     "SHAPE_SEEDS",
@@ -50,8 +49,6 @@ FRESH_SEEDS = (11, 12, 13)
 #: Seeds of draws first used after the run's interval took the exact fit's choices into account
 #: (never seen before that change).
 FINAL_SEEDS = (21, 22, 23)
-#: Seeds of draws first used after advise scored its candidates at both feature scalings.
-NEXT_SEEDS = (31, 32, 33)
 
 
 @dataclass(frozen=True)

@@ -110,11 +110,8 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "interval")
     parser.add_argument("--bias", choices=["bootstrap", "per-fold"], default="bootstrap",
                         help="how the optimism of the choice is estimated")  # fmt: skip
-    parser.add_argument("--candidate-scales", default="feature",
-                        help="the scalings advise scores each one-stage candidate at")  # fmt: skip
     opts = parser.parse_args()
     candidates.SELECTION_BIAS = opts.bias
-    candidates.CANDIDATE_SCALES = tuple(opts.candidate_scales.split(","))
     opts.work.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("TLKIT_CACHE_DIR", str(opts.work / "cache"))
     rows = []

@@ -27,15 +27,7 @@ from pathlib import Path
 
 from common import write_draws
 from domains_data import DOMAIN_FAMILIES, build_domain_task
-from heldout_data import (
-    FAMILIES,
-    FINAL_SEEDS,
-    FRESH_SEEDS,
-    NEXT_SEEDS,
-    REPORT_SEEDS,
-    TUNING_SEEDS,
-    build_task,
-)
+from heldout_data import FAMILIES, FINAL_SEEDS, FRESH_SEEDS, REPORT_SEEDS, TUNING_SEEDS, build_task
 from imbalance import FAMILIES as LONG_TAILS
 from imbalance import build_task as build_long_tail
 
@@ -50,7 +42,6 @@ SEEDS = {
     "report": REPORT_SEEDS,
     "fresh": FRESH_SEEDS,
     "final": FINAL_SEEDS,
-    "next": NEXT_SEEDS,
 }
 CHOICES = {"feature": ("feature",), "global": ("global",), "cv": ("feature", "global")}
 

@@ -38,9 +38,6 @@ SMALL_PER_CLASS = 100
 LARGE_TOTAL = 10_000
 #: Half-width of the expected-accuracy interval in standard errors (a 90 % interval).
 INTERVAL_Z = 1.645
-#: The feature scalings (:data:`~tlkit.probe.SCALES`) each one-stage candidate is scored at, the
-#: best kept; the joined candidate is scaled per feature.
-CANDIDATE_SCALES: tuple[str, ...] = ("feature",)
 
 
 @dataclass(frozen=True)
@@ -53,8 +50,6 @@ class Candidate:
         channels: Feature width.
         path: Held-out accuracy of every L2 strength on every fold.
         deep: One of the deep candidates, chosen on its mean alone.
-        also: Paths of the same features scored and not kept (another scaling): the choice
-            was made among them too, so the expected accuracy counts them.
     """
 
     name: str
@@ -62,7 +57,6 @@ class Candidate:
     channels: int
     path: CVPath
     deep: bool = True
-    also: tuple[CVPath, ...] = ()
 
     @property
     def folds(self) -> np.ndarray:
@@ -155,21 +149,20 @@ def score_candidates(
     """
     last = len(blocks) - 1
 
-    def scored(name: str, stages: tuple[int | None, ...], features: torch.Tensor, deep: bool):
-        # one stage: every scaling of CANDIDATE_SCALES, the best kept; joins: per feature
-        scales = CANDIDATE_SCALES if len(stages) == 1 else ("feature",)
-        kind = {"balance": balance, "balanced_score": balanced_score}
-        paths = [cv_path(features, labels, splits, scale=scale, **kind) for scale in scales]
-        best = max(paths, key=lambda p: round(float(p.folds().mean()), 9))
-        also = tuple(p for p in paths if p is not best)
-        return Candidate(name, stages, int(features.shape[1]), best, deep, also)
+    def path(features: torch.Tensor) -> CVPath:
+        # per-feature scaling for every candidate: stages and joins compete on equal terms; the
+        # exact fit on the chosen features then picks its own scaling (tlkit.probe.scales_for)
+        return cv_path(features, labels, splits, balance=balance, balanced_score=balanced_score)
 
-    stages = [scored(names[i], (i,), b, i >= last - 2) for i, b in enumerate(blocks[:-1])]
-    top = scored("top", (None,), blocks[-1], True)
+    stages = [
+        Candidate(names[i], (i,), int(b.shape[1]), path(b), deep=i >= last - 2)
+        for i, b in enumerate(blocks[:-1])
+    ]
+    top = Candidate("top", (None,), int(blocks[-1].shape[1]), path(blocks[-1]))
     partner = max(reversed([c for c in stages if c.deep]), key=lambda c: c.mean)
     index = partner.stages[0]
     joined = torch.cat([blocks[-1], blocks[index]], dim=1)
-    both = scored(f"top+{partner.name}", (None, index), joined, True)
+    both = Candidate(f"top+{partner.name}", (None, index), int(joined.shape[1]), path(joined))
     return [top, both, *reversed(stages)]
 
 
@@ -231,8 +224,7 @@ def expected_accuracy(
         ``metric``: ``accuracy``, or ``balanced_accuracy`` (the accuracy on a test set with
         equal classes) when the candidates were scored on it.
     """
-    paths = [p for c in candidates for p in (c.path, *c.also)]
-    rows = np.concatenate([p.accuracy for p in paths], axis=0)
+    rows = np.concatenate([c.path.accuracy for c in candidates], axis=0)
     bias = _selection_bias(rows, chosen.folds)
     estimate = min(max(chosen.mean - bias, 0.0), 1.0)
     corrected = _corrected_variance(chosen.folds, test_fraction)
