@@ -20,6 +20,7 @@ ORDER = [
     "extended-fresh",
     "domains-report",
     "domains-tuning",
+    "resize-tuning",
     "probe-scale-fresh",
     "probe-scale-report",
     "probe-scale-tuning",
