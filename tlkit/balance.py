@@ -144,13 +144,11 @@ class TrainingBalance:
             equal classes; the others weigh each image's loss ``count ** -power``).
         weight: Per-class loss weights, or ``None``.
         log_prior: Log training class frequencies added to the logits in the loss, or ``None``.
-        why: In words, for the run's log.
     """
 
     balance: Balance
     weight: torch.Tensor | None = None
     log_prior: torch.Tensor | None = None
-    why: str = ""
 
 
 def training_balance(name: str, labels: Sequence[int] | None, classes: int) -> TrainingBalance:
@@ -168,18 +166,13 @@ def training_balance(name: str, labels: Sequence[int] | None, classes: int) -> T
         if name not in ("auto", "none"):
             raise TlkitError(
                 f"class_balance {name} needs the training labels: train with tlkit's "
-                "ImageFolderDataModule, or set class_balance none"
+                "TransferDataModule, or set class_balance none"
             )
-        return TrainingBalance(NO_BALANCE, why="no training labels to count")
+        return TrainingBalance(NO_BALANCE)
     ratio = imbalance_ratio(labels)
     if name == "auto":
         name = TRAINING_BALANCE if ratio >= IMBALANCE_RATIO else "none"
     balance = balance_named(name)
     y = torch.as_tensor(list(labels), dtype=torch.long)
-    why = f"classes {ratio:.1f}x imbalanced: the loss is {balance.name}"
-    return TrainingBalance(
-        balance,
-        class_weights(y, classes, balance.power),
-        log_prior(y, classes) if balance.adjust else None,
-        why,
-    )
+    prior = log_prior(y, classes) if balance.adjust else None
+    return TrainingBalance(balance, class_weights(y, classes, balance.power), prior)
