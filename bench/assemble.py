@@ -51,6 +51,7 @@ ORDER = [
     "probe_wall",
     "advise_threads",
     "heldout_rules",
+    "stage-rule-tuning",
     "overhead",
     "cache",
     "lbfgs",
