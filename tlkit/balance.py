@@ -158,10 +158,8 @@ def training_balance(name: str, labels: Sequence[int] | None, classes: int) -> T
     Raises:
         TlkitError: For an unknown name, or a treatment other than none without ``labels``.
     """
-    if name not in ("auto", *(b.name for b in BALANCES)):
-        raise TlkitError(
-            f"unknown class_balance '{name}'; choose auto, " + ", ".join(b.name for b in BALANCES)
-        )
+    if name != "auto":
+        balance_named(name)  # an unknown name fails here, with the choices
     if labels is None:
         if name not in ("auto", "none"):
             raise TlkitError(
